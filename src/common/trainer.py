@@ -1,0 +1,190 @@
+"""Training loop: optimiser and scheduler, epoch hooks, validation every ``eval_step`` epochs,
+test only when validation improves, early stopping as in MMRec, NaN detection and resume."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import optim
+
+from utils.errors import ConfigError, TrainingError
+from utils.evaluator import EvalResult, evaluate
+from utils.logger import progress
+from utils.metrics import dict2str
+
+OPTIMIZERS = {"adam": optim.Adam, "sgd": optim.SGD, "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop}
+
+
+def early_stopping(value: float, best: float, cur_step: int, max_step: int) -> tuple[float, int, bool, bool]:
+    """MMRec's rule: a strict improvement resets the counter; stop once it exceeds ``max_step``.
+
+    Returns (best, cur_step, stop, improved)."""
+    if value > best:
+        return value, 0, False, True
+    cur_step += 1
+    return best, cur_step, cur_step > max_step, False
+
+
+def build_optimizer(config: Any, params: Any) -> optim.Optimizer:
+    name = str(config["learner"] or "adam").lower()
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"learner '{config['learner']}' is not supported; use one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=config["learning_rate"], weight_decay=config["weight_decay"] or 0.0)
+
+
+def build_scheduler(config: Any, optimizer: optim.Optimizer) -> optim.lr_scheduler.LambdaLR:
+    """LambdaLR with factor a^(epoch / b), from ``learning_rate_scheduler: [a, b]``."""
+    a, b = config["learning_rate_scheduler"] or [1.0, 50]
+    return optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: a ** (epoch / b))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FitResult:
+    """What one grid point's training produced."""
+    best_epoch: int = -1
+    best_valid_score: float = -math.inf
+    best_valid: dict = field(default_factory=dict)
+    best_test: dict = field(default_factory=dict)
+    test_eval: EvalResult | None = None
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+    epochs_run: int = 0
+
+
+class Trainer:
+    """Trains one model at one grid point."""
+
+    def __init__(self, config: Any, model: torch.nn.Module) -> None:
+        self.config, self.model = config, model
+        self.logger = logging.getLogger()
+        self.device = config["device"]
+        self.epochs = int(config["epochs"])
+        self.eval_step = max(1, int(config["eval_step"] or 1))
+        self.stopping_step = int(config["stopping_step"])
+        self.valid_metric = str(config["valid_metric"] or "Recall@20").lower()
+        self.quiet = bool(config["quiet"])
+        self.clip = config["clip_grad_norm"]
+        self.optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+        self.scheduler = build_scheduler(config, self.optimizer)
+
+    # --- one epoch -----------------------------------------------------------------------
+    def _train_epoch(self, train_data: Any, epoch: int) -> float | tuple:
+        self.model.train()
+        total = None
+        batches = progress(train_data, desc=f"epoch {epoch}", leave=False, disable=self.quiet)
+        for interaction in batches:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            losses = self.model.calculate_loss(interaction)
+            if isinstance(losses, (tuple, list)):
+                loss = sum(losses)
+                values = tuple(float(x) for x in losses)
+                total = values if total is None else tuple(a + b for a, b in zip(total, values))
+            else:
+                loss = losses
+                total = float(loss) + (total or 0.0)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"training loss became {float(loss)} at epoch {epoch}; lower "
+                                    f"learning_rate or check the model's regularisation")
+            loss.backward()
+            if self.clip:
+                kwargs = self.clip if isinstance(self.clip, dict) else {"max_norm": float(self.clip)}
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), **kwargs)
+            self.optimizer.step()
+        return total if total is not None else 0.0
+
+    @staticmethod
+    def _loss_text(loss: float | tuple) -> str:
+        if isinstance(loss, tuple):
+            return ", ".join(f"train_loss{i + 1}: {v:.4f}" for i, v in enumerate(loss))
+        return f"train loss: {loss:.4f}"
+
+    def evaluate(self, loader: Any) -> EvalResult:
+        return evaluate(self.model, loader, self.config)
+
+    # --- resume --------------------------------------------------------------------------
+    def _state(self, epoch: int, fit: FitResult, cur_step: int, train_data: Any) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "fit": fit, "cur_step": cur_step,
+                "loader": train_data.state_dict() if hasattr(train_data, "state_dict") else None,
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate()}
+
+    def _restore(self, path: Path, train_data: Any) -> tuple[int, FitResult, int]:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["loader"] is not None and hasattr(train_data, "load_state_dict"):
+            train_data.load_state_dict(state["loader"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.logger.info(f"resumed from {path} at epoch {state['epoch']}")
+        return state["epoch"], state["fit"], state["cur_step"]
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, train_data: Any, valid_data: Any, test_data: Any, resume_path: Path | None = None) -> FitResult:
+        fit, start, cur_step = FitResult(), 0, 0
+        if resume_path is not None and Path(resume_path).exists():
+            start, fit, cur_step = self._restore(Path(resume_path), train_data)
+        interval = int(self.config["checkpoint_interval"] or 0)
+        name = self.config["model"]
+        epochs = progress(range(start, self.epochs), desc=name, initial=start, total=self.epochs,
+                          disable=self.quiet)
+        for epoch in epochs:
+            self.model.pre_epoch_processing()
+            t0 = time.perf_counter()
+            loss = self._train_epoch(train_data, epoch)
+            self.scheduler.step()
+            train_time = time.perf_counter() - t0
+            record = {"epoch": epoch, "loss": sum(loss) if isinstance(loss, tuple) else loss,
+                      "train_seconds": train_time}
+            self.logger.info(f"epoch {epoch} training [time: {train_time:.2f}s, {self._loss_text(loss)}]")
+            note = self.model.post_epoch_processing()
+            if note:
+                self.logger.info(note)
+            fit.epochs_run = epoch + 1
+            stop = False
+            if (epoch + 1) % self.eval_step == 0:
+                t0 = time.perf_counter()
+                valid = self.evaluate(valid_data)
+                eval_time = time.perf_counter() - t0
+                if self.valid_metric not in valid.mean:
+                    raise ConfigError(f"valid_metric '{self.config['valid_metric']}' is not computed; "
+                                      f"pick one of {', '.join(valid.mean)}")
+                score = valid.mean[self.valid_metric]
+                record.update(valid_score=score, eval_seconds=eval_time)
+                self.logger.info(f"epoch {epoch} evaluating [time: {eval_time:.2f}s, valid_score: {score:.6f}]")
+                self.logger.info("valid result: \n" + dict2str(valid.mean))
+                fit.best_valid_score, cur_step, stop, improved = early_stopping(
+                    score, fit.best_valid_score, cur_step, self.stopping_step)
+                if improved:
+                    fit.test_eval = self.evaluate(test_data)
+                    fit.best_epoch, fit.best_valid, fit.best_test = epoch, valid.mean, fit.test_eval.mean
+                    fit.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.logger.info("test result: \n" + dict2str(fit.best_test))
+                    self.logger.info(f"██ {name}--Best validation results updated!!!")
+            fit.history.append(record)
+            if stop:
+                self.logger.info(f"+++++Finished training, best eval result in epoch {fit.best_epoch}")
+                break
+            if interval and resume_path is not None and (epoch + 1) % interval == 0:
+                save_atomic(self._state(epoch + 1, fit, cur_step, train_data), Path(resume_path))
+        return fit

@@ -1,0 +1,113 @@
+"""Command line, compatible with MMRec's ``python main.py -m MODEL -d DATASET``.
+
+Run ``python main.py --help`` for everything else."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+from utils.configurator import Config, parse_value  # noqa: E402
+from utils.errors import ConfigError, HarnessError  # noqa: E402
+
+REPO = SRC.parent
+
+EPILOG = """\
+config overrides:
+  Any config key can be set on the command line as --KEY VALUE (or --KEY=VALUE); values are
+  parsed as YAML, e.g. --learning_rate 0.01 --epochs 5 --topk "[10,20]". Setting a key that is
+  in the model's hyper_parameters fixes the grid to that value (a YAML list keeps a grid over
+  the list). Files merge as overall.yaml < dataset/D.yaml < model/M.yaml < command line.
+  An unknown key is an error that names the closest known keys.
+
+output:
+  OUTPUT/results.jsonl     one JSON line per finished grid point (reused on rerun)
+  OUTPUT/runs/M-D/<key>/   model.pth (best weights + config), config.yaml, per_user_test.npz
+  OUTPUT/logs/             the log of every run
+
+examples:
+  cd src && python main.py -m LightGCN -d ml100k
+  python src/main.py -m BPR -d ml100k --reg_weight 1e-4 --epochs 50 --device cpu
+  python src/main.py --evaluate outputs/runs/BPR-ml100k/<key>/model.pth
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py", description="Train and evaluate a recommender over its config grid (MMRec-compatible).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", default="SIGREC", help="model name, e.g. SIGREC, LightGCN, BPR (default: SIGREC)")
+    p.add_argument("-d", "--dataset", default="ml100k", help="dataset name under data/ (default: ml100k)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--output", default=str(REPO / "outputs"), help="output folder (default: <repo>/outputs)")
+    p.add_argument("--rerun", action="store_true", help="train grid points again even if already finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                   help="reload a saved model.pth and score it on valid and test")
+    return p
+
+
+def parse_overrides(extra: list[str]) -> dict:
+    """``['--lr', '0.1', '--epochs=5']`` -> ``{'lr': 0.1, 'epochs': 5}``."""
+    out, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) <= 2:
+            raise ConfigError(f"unexpected argument '{token}'; config overrides look like --key value")
+        key = token[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not (extra[i + 1].startswith("--") and len(extra[i + 1]) > 2):
+            text = extra[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"--{key} needs a value, e.g. --{key} 0.01")
+        out[key] = parse_value(text)
+    return out
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    from utils.logger import init_logger
+    from utils.utils import resolve_device
+
+    if args.evaluate:
+        from utils.checkpoint import evaluate_checkpoint
+        init_logger(None, args.quiet)
+        evaluate_checkpoint(Path(args.evaluate), args.device)
+        return 0
+    overrides = parse_overrides(extra)
+    config = Config(args.model, args.dataset, overrides)
+    config["device"] = resolve_device(args.device, config["use_gpu"])
+    config["quiet"] = args.quiet
+    output = Path(args.output).resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    init_logger(output / "logs" / f"{args.model}-{args.dataset}-{stamp}-{os.getpid()}.log", args.quiet)
+    import logging
+    logging.getLogger().info("\n" + str(config))
+
+    from utils.quick_start import RunOptions, run_grid
+    best = run_grid(config, RunOptions(output_dir=output, rerun=args.rerun))
+    return 0 if best is not None else 1
+
+
+def main() -> None:
+    try:
+        sys.exit(run())
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished points are kept)", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""LightGCN (He et al., SIGIR 2020): the mean of the layer embeddings of [U; I] propagated on Â."""
+import torch
+from torch import nn
+
+from common.abstract_recommender import GeneralRecommender
+from common.init import xavier_uniform_initialization
+from common.loss import BPRLoss, EmbLoss
+from utils.graph import lightgcn, normalized_adjacency
+
+
+class LightGCN(GeneralRecommender):
+    """Loss = BPR on propagated embeddings + reg_weight * L2 of the layer-0 batch embeddings."""
+
+    def __init__(self, config, dataloader):
+        super().__init__(config, dataloader)
+        self.latent_dim = config["embedding_size"]
+        self.n_layers = config["n_layers"]
+        self.reg_weight = config["reg_weight"]
+        self.user_embedding = nn.Embedding(self.n_users, self.latent_dim)
+        self.item_embedding = nn.Embedding(self.n_items, self.latent_dim)
+        self.adj = normalized_adjacency(dataloader.inter_matrix(form="csr"), self.device)
+        self.bpr_loss, self.reg_loss = BPRLoss(), EmbLoss()
+        self._cache = None
+        self.apply(xavier_uniform_initialization)
+
+    def forward(self):
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out = lightgcn(self.adj, ego, self.n_layers)
+        return torch.split(out, [self.n_users, self.n_items])
+
+    def train(self, mode: bool = True):
+        self._cache = None  # embeddings are recomputed once per evaluation
+        return super().train(mode)
+
+    def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        user_all, item_all = self.forward()
+        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        loss = self.bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = self.reg_loss(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
+        return loss + self.reg_weight * reg
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        if self._cache is None:
+            self._cache = self.forward()
+        user_all, item_all = self._cache
+        return user_all[interaction[0]] @ item_all.t()

@@ -1,0 +1,169 @@
+"""Loading and validating an MMRec-format dataset: ``<name>.inter`` plus optional feature files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from utils.errors import DataError
+
+OBTAIN_HINT = ("put MMRec's preprocessed files there (see README, 'Data'), "
+               "or build them with `python src/prepare.py`")
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _read_columns(path: Path, sep: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Read the named columns of a header-first delimited file as float64 arrays."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n").split(sep)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    header = [h.strip() for h in header]
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DataError(f"{path} lacks required column(s) {', '.join(missing)} "
+                        f"(header has: {', '.join(header)}); columns are tab-separated with a header line")
+    cols = [header.index(n) for n in names]
+    try:
+        data = np.loadtxt(path, delimiter=sep, skiprows=1, usecols=cols, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path} has a non-numeric or missing value ({str(exc).splitlines()[0]}); "
+                        f"IDs and {names[-1]} must be integers") from None
+    return {n: data[:, j] for j, n in enumerate(names)}
+
+
+def _as_ids(values: np.ndarray, column: str, path: Path) -> np.ndarray:
+    bad = np.flatnonzero((values != np.floor(values)) | ~np.isfinite(values))
+    if bad.size:
+        raise DataError(f"{path}: column {column} must hold integers, but data row {bad[0] + 1} "
+                        f"has {values[bad[0]]}")
+    neg = np.flatnonzero(values < 0)
+    if neg.size:
+        raise DataError(f"{path}: column {column} must be non-negative (0-based IDs), but data row "
+                        f"{neg[0] + 1} has {int(values[neg[0]])}")
+    return values.astype(np.int64)
+
+
+def load_feature(path: Path, n_items: int) -> np.ndarray | None:
+    """Load one feature file as float32 [n_items, dim]; None when the file does not exist."""
+    if not path.exists():
+        return None
+    try:
+        feat = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read feature file {path} ({exc}); it must be a .npy float array") from None
+    if feat.ndim != 2 or not np.issubdtype(feat.dtype, np.number):
+        raise DataError(f"feature file {path} must be a 2-D numeric array [n_items, dim], "
+                        f"got shape {feat.shape} of {feat.dtype}")
+    if feat.shape[0] != n_items:
+        raise DataError(f"feature file {path} has {feat.shape[0]} rows but the dataset has {n_items} "
+                        f"items (max itemID + 1); row i must be item i")
+    feat = feat.astype(np.float32, copy=False)
+    bad = ~np.isfinite(feat).all(axis=1)
+    if bad.any():
+        raise DataError(f"feature file {path} has NaN or inf in {int(bad.sum())} row(s), first at item "
+                        f"{int(np.flatnonzero(bad)[0])}; fill them (e.g. with the mean feature)")
+    return feat
+
+
+class RecDataset:
+    """All interactions of a dataset, with its split labels and item features.
+
+    ``n_users``/``n_items`` are max ID + 1 over the whole file, as in MMRec. ``split()`` gives
+    the train, valid and test parts as ``RecDataset`` views that share the counts and features.
+    """
+
+    def __init__(self, config: Any, users: np.ndarray | None = None, items: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, parent: "RecDataset | None" = None) -> None:
+        self.config = config
+        self.logger = logging.getLogger("mmrec")
+        if parent is not None:
+            self.dataset_name, self.n_users, self.n_items = parent.dataset_name, parent.n_users, parent.n_items
+            self.v_feat, self.t_feat = parent.v_feat, parent.t_feat
+            self.users, self.items, self.labels = users, items, labels
+            return
+        self.dataset_name = config["dataset"]
+        folder = Path(config["data_path"]) / self.dataset_name
+        if not folder.is_dir():
+            raise DataError(f"dataset folder {folder} does not exist: {OBTAIN_HINT}")
+        inter_file = folder / (config["inter_file_name"] or f"{self.dataset_name}.inter")
+        if not inter_file.exists():
+            raise DataError(f"interaction file {inter_file} is missing: {OBTAIN_HINT}")
+        uid, iid = config["USER_ID_FIELD"] or "userID", config["ITEM_ID_FIELD"] or "itemID"
+        lab = config["inter_splitting_label"] or "x_label"
+        sep = config["field_separator"] or "\t"
+        cols = _read_columns(inter_file, sep, [uid, iid, lab])
+        self.users = _as_ids(cols[uid], uid, inter_file)
+        self.items = _as_ids(cols[iid], iid, inter_file)
+        self.labels = _as_ids(cols[lab], lab, inter_file)
+        bad = np.flatnonzero(self.labels > 2)
+        if bad.size:
+            raise DataError(f"{inter_file}: {lab} must be 0 (train), 1 (valid) or 2 (test), but data row "
+                            f"{bad[0] + 1} has {int(self.labels[bad[0]])}")
+        if not (self.labels == 0).any():
+            raise DataError(f"{inter_file} has no training rows ({lab} = 0); nothing to train on")
+        self.n_users = int(self.users.max()) + 1
+        self.n_items = int(self.items.max()) + 1
+        if config["filter_out_cod_start_users"]:
+            self._drop_cold_start_users()
+        self.v_feat = self.t_feat = None
+        if config["is_multimodal_model"]:
+            for attr, key in (("v_feat", "vision_feature_file"), ("t_feat", "text_feature_file")):
+                if config[key]:
+                    setattr(self, attr, load_feature(folder / config[key], self.n_items))
+
+    def _drop_cold_start_users(self) -> None:
+        warm = np.zeros(self.n_users, dtype=bool)
+        warm[self.users[self.labels == 0]] = True
+        keep = warm[self.users]
+        dropped = int((~keep).sum())
+        if dropped:
+            self.logger.info(f"dropped {dropped} valid/test rows of users with no training row")
+            self.users, self.items, self.labels = self.users[keep], self.items[keep], self.labels[keep]
+
+    # --- MMRec-compatible accessors -------------------------------------------------------
+    @property
+    def inter_num(self) -> int:
+        return int(self.users.size)
+
+    def get_user_num(self) -> int:
+        return self.n_users
+
+    def get_item_num(self) -> int:
+        return self.n_items
+
+    def __len__(self) -> int:
+        return self.inter_num
+
+    def split(self) -> list["RecDataset"]:
+        """The train, valid and test parts (x_label 0, 1, 2)."""
+        return [RecDataset(self.config, self.users[m], self.items[m], self.labels[m], parent=self)
+                for m in (self.labels == k for k in range(3))]
+
+    def inter_matrix(self, form: str = "coo", value_field: Any = None) -> sp.spmatrix:
+        """The binary n_users x n_items matrix of these interactions (duplicates count once)."""
+        mat = sp.csr_matrix((np.ones(self.inter_num, dtype=np.float32), (self.users, self.items)),
+                            shape=(self.n_users, self.n_items))
+        mat.sum_duplicates()
+        mat.data[:] = 1.0
+        if form == "csr":
+            return mat
+        if form == "coo":
+            return mat.tocoo()
+        raise ValueError(f"inter_matrix form must be 'coo' or 'csr', not {form!r}")
+
+    def statistics(self) -> str:
+        """Users, items, interactions, sparsity, and the same per split."""
+        lines = [f"{self.dataset_name}: {self.n_users} users, {self.n_items} items, "
+                 f"{self.inter_num} interactions, sparsity {1 - self.inter_num / (self.n_users * self.n_items):.5f}"]
+        for k, name in enumerate(SPLIT_NAMES):
+            m = self.labels == k
+            lines.append(f"  {name}: {int(m.sum())} interactions, {np.unique(self.users[m]).size} users, "
+                         f"{np.unique(self.items[m]).size} items")
+        feats = [f"{n} {f.shape[1]}-d" for n, f in (("image", self.v_feat), ("text", self.t_feat)) if f is not None]
+        lines.append(f"  features: {', '.join(feats) if feats else 'none'}")
+        return "\n".join(lines)

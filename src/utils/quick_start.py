@@ -1,0 +1,154 @@
+"""Runs the grid of one model on one dataset: every point seeded, trained, logged and recorded.
+
+The best point is chosen on validation (``valid_metric``), never on test."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from common.trainer import Trainer, save_atomic
+from utils.configurator import Config
+from utils.dataloader import EvalDataLoader, TrainDataLoader
+from utils.dataset import RecDataset
+from utils.errors import TrainingError
+from utils.metrics import dict2str
+from utils.results import ResultsStore, best_record, point_key
+from utils.utils import get_model, init_seed
+
+
+@dataclass
+class RunOptions:
+    output_dir: Path
+    rerun: bool = False
+
+
+@dataclass
+class Data:
+    """A dataset with its loaders, built once and shared by every grid point."""
+    dataset: RecDataset
+    train: TrainDataLoader
+    valid: EvalDataLoader
+    test: EvalDataLoader
+
+
+def load_data(config: Config) -> Data:
+    dataset = RecDataset(config)
+    logging.getLogger().info("\n" + dataset.statistics())
+    train, valid, test = dataset.split()
+    return Data(dataset,
+                TrainDataLoader(config, train, batch_size=config["train_batch_size"], shuffle=True),
+                EvalDataLoader(config, valid, additional_dataset=train, batch_size=config["eval_batch_size"]),
+                EvalDataLoader(config, test, additional_dataset=train, batch_size=config["eval_batch_size"]))
+
+
+def grid_points(config: Config) -> list[dict]:
+    """The cartesian product of the grid lists, in key order (seed included)."""
+    keys = config.grid_keys
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(config[k] for k in keys))]
+
+
+def params_text(point: dict) -> str:
+    return f"{list(point)}={tuple(point.values())}"
+
+
+def run_dir(output_dir: Path, config: Any, key: str) -> Path:
+    return Path(output_dir) / "runs" / f"{config['model']}-{config['dataset']}" / key
+
+
+def plain_config(config: Any) -> dict:
+    return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in config.final_config_dict.items()}
+
+
+def train_point(cfg: Config, data: Data, folder: Path) -> dict:
+    """Train one point; return its results record (status ok or failed)."""
+    log = logging.getLogger()
+    init_seed(int(cfg["seed"]), cfg["deterministic"] is not False)
+    data.train.pretrain_setup(int(cfg["seed"]))
+    start = time.perf_counter()
+    model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
+    log.info(str(model))
+    trainer = Trainer(cfg, model)
+    record: dict = {"status": "ok", "error": None}
+    try:
+        fit = trainer.fit(data.train, data.valid, data.test, resume_path=folder / "resume.pt")
+    except TrainingError as exc:
+        log.error(f"grid point failed: {exc}")
+        record.update(status="failed", error=str(exc))
+        fit = None
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    if fit is not None:
+        train_t = [h["train_seconds"] for h in fit.history]
+        eval_t = [h["eval_seconds"] for h in fit.history if "eval_seconds" in h]
+        record.update(best_epoch=fit.best_epoch, epochs_run=fit.epochs_run, valid=fit.best_valid,
+                      test=fit.best_test, history=fit.history,
+                      seconds_per_epoch=float(np.median(train_t)) if train_t else None,
+                      seconds_per_eval=float(np.median(eval_t)) if eval_t else None)
+        if fit.test_eval is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / "per_user_test.tmp.npz"
+            np.savez_compressed(tmp, users=fit.test_eval.users, **fit.test_eval.per_user)
+            tmp.replace(folder / "per_user_test.npz")
+            record["per_user"] = str(folder / "per_user_test.npz")
+        if fit.best_state is not None and cfg["save_model"] is not False:
+            save_atomic({"state_dict": fit.best_state, "config": plain_config(cfg)}, folder / "model.pth")
+            record["checkpoint"] = str(folder / "model.pth")
+    return record
+
+
+def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> dict | None:
+    """Run (or reuse) every grid point; log MMRec's summary; return the best record."""
+    log = logging.getLogger()
+    data = data or load_data(config)
+    store = ResultsStore(Path(options.output_dir) / "results.jsonl")
+    metric = str(config["valid_metric"] or "Recall@20").lower()
+    points = grid_points(config)
+    done: list[tuple[dict, dict]] = []
+    for idx, point in enumerate(points):
+        cfg = config.point(point)
+        key = point_key(cfg.final_config_dict)
+        log.info(f"========={idx + 1}/{len(points)}: Parameters:{params_text(point)}=======")
+        previous = store.finished(key)
+        if previous is not None and not options.rerun:
+            log.info(f"already finished ({previous['status']}), reusing its result; --rerun trains it again")
+            done.append((point, previous))
+            continue
+        folder = run_dir(options.output_dir, cfg, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "config.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(plain_config(cfg), fh, sort_keys=True)
+        record = train_point(cfg, data, folder)
+        record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
+                      seed=int(cfg["seed"]), valid_metric=metric, finished_at=time.time())
+        store.append(record)
+        (folder / "resume.pt").unlink(missing_ok=True)
+        done.append((point, record))
+        if record["status"] == "ok":
+            log.info(f"best valid result: {dict2str(record['valid'])}")
+            log.info(f"test result: {dict2str(record['test'])}")
+        best = best_record([r for _, r in done], metric)
+        if best is not None:
+            log.info(f"████Current BEST████:\nParameters: {params_text(best['parameters'])},\n"
+                     f"Valid: {dict2str(best['valid'])},\nTest: {dict2str(best['test'])}\n\n")
+    log.info("\n============All Over=====================")
+    for point, rec in done:
+        if rec["status"] == "ok":
+            log.info(f"Parameters: {params_text(point)},\n best valid: {dict2str(rec['valid'])},\n "
+                     f"best test: {dict2str(rec['test'])}")
+        else:
+            log.info(f"Parameters: {params_text(point)},\n failed: {rec.get('error')}")
+    best = best_record([r for _, r in done], metric)
+    if best is None:
+        log.error("no grid point finished successfully")
+        return None
+    log.info(f"\n\n█████████████ BEST ████████████████ (selected on valid {metric})")
+    log.info(f"\tParameters: {params_text(best['parameters'])},\nValid: {dict2str(best['valid'])},\n"
+             f"Test: {dict2str(best['test'])}\n\n")
+    return best

@@ -1,0 +1,86 @@
+"""The machine-readable results file: one JSON line per finished grid point.
+
+Lines are appended with a single write, so a crash can at worst leave a torn last line, which
+readers skip. Concurrent workers may append to the same file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+# Config keys that do not change a result: they are left out of a grid point's identity.
+VOLATILE_KEYS = {"device", "quiet", "output_dir", "use_gpu", "gpu_id", "checkpoint_interval",
+                 "save_model", "data_path", "hyper_parameters"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def point_key(config: dict) -> str:
+    """A stable hash of everything in a point's config that can change its result."""
+    body = {k: _jsonable(v) for k, v in config.items() if k not in VOLATILE_KEYS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """Append-only JSON-lines file of grid-point results."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line from an interrupted write
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    def finished(self, key: str) -> dict | None:
+        """The latest record for a point, if it finished (ok or failed)."""
+        found = None
+        for rec in self.records():
+            if rec.get("key") == key and rec.get("status") in ("ok", "failed"):
+                found = rec
+        return found
+
+    def select(self, **match: Any) -> list[dict]:
+        return [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(_jsonable(record)) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def best_record(records: Iterable[dict], metric: str) -> dict | None:
+    """The ok record with the highest validation ``metric`` (the first one on ties)."""
+    best = None
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        if best is None or rec["valid"].get(metric, -1) > best["valid"].get(metric, -1):
+            best = rec
+    return best
