@@ -1,0 +1,43 @@
+"""Shared test set-up: ``src/`` on the import path and small builders for configs and data."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end runs on the embedded data (still run in CI)")
+
+
+def make_config(model: str, dataset: str = "ml100k", **overrides):
+    """A resolved single-point Config on the CPU (grid keys fixed to their first value)."""
+    from utils.configurator import Config
+
+    cfg = Config(model, dataset, overrides)
+    cfg["device"] = torch.device("cpu")
+    cfg["quiet"] = True
+    return cfg.point({k: cfg[k][0] for k in cfg.grid_keys})
+
+
+def make_data(cfg):
+    """Dataset and loaders (train, valid, test) for a config."""
+    from utils.quick_start import load_data
+
+    return load_data(cfg)
+
+
+@pytest.fixture(scope="session")
+def ml100k_data():
+    """The embedded dataset, loaded once per test session (with both feature files)."""
+    return make_data(make_config("LightGCN", is_multimodal_model=True))
