@@ -50,7 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                    help="reload a saved model.pth and score it on valid and test")
+    cmp = p.add_argument_group("comparison (several models, several seeds)")
+    cmp.add_argument("--seeds", default=None,
+                     help="comma-separated seeds: with -m A,B,C each model's best grid point (chosen on "
+                          "validation) is re-run for every seed, then compared with significance tests")
+    srch = p.add_argument_group("search (Optuna; several workers or machines share one study)")
+    srch.add_argument("--search", choices=["grid", "tpe"], default="grid",
+                      help="grid: every grid point once per seed (MMRec's protocol, default); "
+                           "tpe: Optuna's TPE sampler over the same hyper_parameters lists")
+    srch.add_argument("--trials", type=int, default=None, help="number of trials for --search tpe")
+    srch.add_argument("--storage", default=None,
+                      help="Optuna storage: a SQLAlchemy URL (sqlite:///f.db, postgresql://...) or "
+                           "journal:PATH for a journal file on a shared file system "
+                           "(default: sqlite in the output folder when a study is used)")
+    srch.add_argument("--study", default=None, help="study name (default: MODEL-DATASET-SEARCH)")
+    srch.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    srch.add_argument("--devices", default=None, help="comma-separated devices for the workers, e.g. cuda:0,cuda:1")
+    srch.add_argument("--prune", choices=["none", "median"], default="none",
+                      help="stop hopeless trials early from per-epoch validation (default: none)")
     return p
+
+
+def uses_study(args: argparse.Namespace) -> bool:
+    """Whether the run goes through an Optuna study rather than the plain in-process grid."""
+    return (args.search != "grid" or args.storage is not None or args.study is not None
+            or args.workers > 1 or args.devices is not None or args.prune != "none")
 
 
 def parse_overrides(extra: list[str]) -> dict:
@@ -84,15 +108,23 @@ def run(argv: list[str] | None = None) -> int:
         evaluate_checkpoint(Path(args.evaluate), args.device)
         return 0
     overrides = parse_overrides(extra)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    output = Path(args.output).resolve()
+    if len(models) > 1 or args.seeds:
+        from utils.comparison import run_comparison
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+        return run_comparison(models, args.dataset, seeds, overrides, args, output)
     config = Config(args.model, args.dataset, overrides)
     config["device"] = resolve_device(args.device, config["use_gpu"])
     config["quiet"] = args.quiet
-    output = Path(args.output).resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     init_logger(output / "logs" / f"{args.model}-{args.dataset}-{stamp}-{os.getpid()}.log", args.quiet)
     import logging
     logging.getLogger().info("\n" + str(config))
 
+    if uses_study(args):
+        from utils.search import run_search
+        return run_search(config, args, output)
     from utils.quick_start import RunOptions, run_grid
     best = run_grid(config, RunOptions(output_dir=output, rerun=args.rerun))
     return 0 if best is not None else 1
