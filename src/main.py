@@ -41,7 +41,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py", description="Train and evaluate a recommender over its config grid (MMRec-compatible).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("-m", "--model", default="SIGREC", help="model name, e.g. SIGREC, LightGCN, BPR (default: SIGREC)")
     p.add_argument("-d", "--dataset", default="ml100k", help="dataset name under data/ (default: ml100k)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--study", default=None, help="study name (default: MODEL-DATASET-SEARCH)")
     srch.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     srch.add_argument("--devices", default=None, help="comma-separated devices for the workers, e.g. cuda:0,cuda:1")
+    srch.add_argument("--heartbeat", type=int, default=None,
+                      help="seconds between a worker's heartbeats; a trial silent for twice that is "
+                           "marked failed and retried (default 60)")
     srch.add_argument("--prune", choices=["none", "median"], default="none",
                       help="stop hopeless trials early from per-epoch validation (default: none)")
     return p

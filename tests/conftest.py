@@ -1,6 +1,7 @@
 """Shared test set-up: ``src/`` on the import path and small builders for configs and data."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ if str(SRC) not in sys.path:
 
 import torch  # noqa: E402
 
+# One thread per process: subprocess tests run beside the pytest process on small CI machines,
+# where oversubscribed OpenMP threads slow training by an order of magnitude.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -82,6 +82,9 @@ class Trainer:
         self.clip = config["clip_grad_norm"]
         self.optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         self.scheduler = build_scheduler(config, self.optimizer)
+        # Called as on_eval(epoch, valid_score) after every validation; it may raise to stop
+        # the point (the search uses it for pruning).
+        self.on_eval: Callable[[int, float], None] | None = None
 
     # --- one epoch -----------------------------------------------------------------------
     def _train_epoch(self, train_data: Any, epoch: int) -> float | tuple:
@@ -94,13 +97,13 @@ class Trainer:
             losses = self.model.calculate_loss(interaction)
             if isinstance(losses, (tuple, list)):
                 loss = sum(losses)
-                values = tuple(float(x) for x in losses)
+                values = tuple(float(x.detach()) for x in losses)
                 total = values if total is None else tuple(a + b for a, b in zip(total, values))
             else:
                 loss = losses
-                total = float(loss) + (total or 0.0)
+                total = float(loss.detach()) + (total or 0.0)
             if not torch.isfinite(loss):
-                raise TrainingError(f"training loss became {float(loss)} at epoch {epoch}; lower "
+                raise TrainingError(f"training loss became {float(loss.detach())} at epoch {epoch}; lower "
                                     f"learning_rate or check the model's regularisation")
             loss.backward()
             if self.clip:
@@ -173,6 +176,8 @@ class Trainer:
                 record.update(valid_score=score, eval_seconds=eval_time)
                 self.logger.info(f"epoch {epoch} evaluating [time: {eval_time:.2f}s, valid_score: {score:.6f}]")
                 self.logger.info("valid result: \n" + dict2str(valid.mean))
+                if self.on_eval is not None:
+                    self.on_eval(epoch, score)
                 fit.best_valid_score, cur_step, stop, improved = early_stopping(
                     score, fit.best_valid_score, cur_step, self.stopping_step)
                 if improved:

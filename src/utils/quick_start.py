@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -67,8 +67,11 @@ def plain_config(config: Any) -> dict:
     return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in config.final_config_dict.items()}
 
 
-def train_point(cfg: Config, data: Data, folder: Path) -> dict:
-    """Train one point; return its results record (status ok or failed)."""
+def train_point(cfg: Config, data: Data, folder: Path,
+                on_eval: Callable[[int, float], None] | None = None) -> dict:
+    """Train one point; return its results record (status ok or failed).
+
+    ``on_eval(epoch, valid_score)`` is called after every validation and may raise to stop."""
     log = logging.getLogger()
     init_seed(int(cfg["seed"]), cfg["deterministic"] is not False)
     data.train.pretrain_setup(int(cfg["seed"]))
@@ -76,6 +79,7 @@ def train_point(cfg: Config, data: Data, folder: Path) -> dict:
     model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
     log.info(str(model))
     trainer = Trainer(cfg, model)
+    trainer.on_eval = on_eval
     record: dict = {"status": "ok", "error": None}
     try:
         fit = trainer.fit(data.train, data.valid, data.test, resume_path=folder / "resume.pt")

@@ -1,0 +1,123 @@
+"""Plots of a comparison (PNG, matplotlib's Agg backend): training curves, grid sensitivity and
+a bar chart of the compared models."""
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+
+from utils.statistics import TABLE_METRICS, ComparisonTable  # noqa: E402
+
+DPI = 120
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _spans_decades(values: Sequence[float]) -> bool:
+    """Whether positive values cover at least two orders of magnitude (then use a log axis)."""
+    return all(v > 0 for v in values) and max(values) / min(values) >= 100
+
+
+def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Recall@20") -> Path:
+    """Training loss and validation ``metric`` per epoch, one line per model."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_loss, ax_valid = fig.subplots(1, 2)
+    losses: list[float] = []
+    for model, history in histories.items():
+        epochs = [h["epoch"] + 1 for h in history]
+        loss = [h["loss"] for h in history]
+        losses += [v for v in loss if v is not None and math.isfinite(v)]
+        ax_loss.plot(epochs, loss, marker="." if len(epochs) < 30 else None, label=model)
+        scored = [(h["epoch"] + 1, h["valid_score"]) for h in history if h.get("valid_score") is not None]
+        if scored:
+            ax_valid.plot(*zip(*scored), marker="." if len(scored) < 30 else None, label=model)
+    if losses and _spans_decades(losses):
+        ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (sum over batches)", title="Training loss")
+    ax_valid.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric}")
+    for ax in (ax_loss, ax_valid):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle("Training curves (best grid point, first seed)")
+    return _save(fig, path)
+
+
+def sensitivity_series(points: list[tuple[dict, dict]], best: dict, metric: str = "recall@20"
+                       ) -> dict[str, list[tuple[Any, float, float]]]:
+    """For each grid key with several values: (value, valid, test) with the other keys at ``best``.
+
+    ``points`` holds (parameters, ok record) pairs; ``seed`` is never a plotted key."""
+    keys = [k for k in best if k != "seed"]
+    out: dict[str, list[tuple[Any, float, float]]] = {}
+    for key in keys:
+        series = []
+        for params, rec in points:
+            if all(params.get(k) == best[k] for k in keys if k != key) and params.get("seed") == best.get("seed"):
+                if metric in rec.get("valid", {}) and metric in rec.get("test", {}):
+                    series.append((params[key], rec["valid"][metric], rec["test"][metric]))
+        if len({repr(v) for v, _, _ in series}) > 1:
+            out[key] = series
+    return out
+
+
+def plot_sensitivity(model: str, series: dict[str, list[tuple[Any, float, float]]], path: Path,
+                     metric: str = "Recall@20") -> Path | None:
+    """One panel per hyper-parameter: validation and test ``metric`` against its value."""
+    if not series:
+        return None
+    n = len(series)
+    fig = Figure(figsize=(max(5.5, 4.8 * n), 4.0), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (key, rows) in zip(axes, series.items()):
+        numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v, _, _ in rows)
+        if numeric:
+            rows = sorted(rows, key=lambda r: r[0])
+            xs = [float(v) for v, _, _ in rows]
+        else:
+            xs = list(range(len(rows)))
+            ax.set_xticks(xs, [str(v) for v, _, _ in rows])
+        ax.plot(xs, [r[1] for r in rows], marker="o", label="validation")
+        ax.plot(xs, [r[2] for r in rows], marker="s", linestyle="--", label="test")
+        positive = [x for x in xs if x > 0]
+        if numeric and _spans_decades(xs):
+            ax.set_xscale("log")
+        elif numeric and min(xs) == 0 and len(positive) > 1 and _spans_decades(positive):
+            ax.set_xscale("symlog", linthresh=min(positive))  # 0 plus values over decades
+            ax.set_xlim(left=0)
+        elif numeric and len(xs) <= 8:
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])  # a tick at every grid value
+        ax.set(xlabel=key, ylabel=metric, title=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{model}: grid sensitivity\n(other hyper-parameters at their best; selection seed)")
+    return _save(fig, path)
+
+
+def plot_bars(table: ComparisonTable, path: Path) -> Path:
+    """Mean test R@20 and N@20 of every model, with the std over seeds as error bars."""
+    metrics = [m for m in ("recall@20", "ndcg@20") if m in table.metrics] or table.metrics[:2]
+    fig = Figure(figsize=(max(5.0, 1.6 + 1.1 * len(table.models) * len(metrics)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(table.models)
+    for i, model in enumerate(table.models):
+        xs = [j + (i - (len(table.models) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, [table.means[model][m] for m in metrics], width,
+               yerr=[table.stds[model][m] for m in metrics], capsize=4, label=model)
+    ax.set_xticks(range(len(metrics)), [TABLE_METRICS.get(m, m) for m in metrics])
+    ax.set(ylabel="test score (mean ± std over seeds)",
+           title=f"{table.dataset}: test metrics of the compared models".strip(": "))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
