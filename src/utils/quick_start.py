@@ -18,7 +18,7 @@ from common.trainer import Trainer, save_atomic
 from utils.configurator import Config
 from utils.dataloader import EvalDataLoader, TrainDataLoader
 from utils.dataset import RecDataset
-from utils.errors import TrainingError
+from utils.errors import ConfigError, TrainingError
 from utils.metrics import dict2str
 from utils.results import ResultsStore, best_record, point_key
 from utils.utils import get_model, init_seed
@@ -76,7 +76,10 @@ def train_point(cfg: Config, data: Data, folder: Path,
     init_seed(int(cfg["seed"]), cfg["deterministic"] is not False)
     data.train.pretrain_setup(int(cfg["seed"]))
     start = time.perf_counter()
-    model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
+    try:
+        model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
+    except ValueError as exc:  # a model refusing its config (e.g. a missing modality): one line
+        raise ConfigError(f"{cfg['model']}: {exc}") from None
     log.info(str(model))
     trainer = Trainer(cfg, model)
     trainer.on_eval = on_eval
@@ -141,13 +144,19 @@ def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> d
         if best is not None:
             log.info(f"████Current BEST████:\nParameters: {params_text(best['parameters'])},\n"
                      f"Valid: {dict2str(best['valid'])},\nTest: {dict2str(best['test'])}\n\n")
-    log.info("\n============All Over=====================")
+    return log_summary(done, metric)
+
+
+def log_summary(done: list[tuple[dict, dict]], metric: str, note: str = "") -> dict | None:
+    """MMRec's closing block: every point's results, then the best one (chosen on validation)."""
+    log = logging.getLogger()
+    log.info(f"\n============All Over====================={note}")
     for point, rec in done:
         if rec["status"] == "ok":
             log.info(f"Parameters: {params_text(point)},\n best valid: {dict2str(rec['valid'])},\n "
                      f"best test: {dict2str(rec['test'])}")
         else:
-            log.info(f"Parameters: {params_text(point)},\n failed: {rec.get('error')}")
+            log.info(f"Parameters: {params_text(point)},\n {rec['status']}: {rec.get('error')}")
     best = best_record([r for _, r in done], metric)
     if best is None:
         log.error("no grid point finished successfully")

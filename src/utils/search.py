@@ -29,7 +29,7 @@ from utils import quick_start
 from utils.configurator import Config
 from utils.errors import ConfigError
 from utils.metrics import dict2str
-from utils.results import ResultsStore, best_record, point_key
+from utils.results import ResultsStore, point_key
 
 MAX_RETRY = 3            # a point whose worker died this many times more is given up
 POLL_S = 1.0             # how often an idle worker looks at the study again
@@ -367,7 +367,6 @@ class Worker:
 # --- summary --------------------------------------------------------------------------------
 def summarize(config: Config, study: optuna.Study) -> dict | None:
     """MMRec's end-of-grid log, from the study (the same on every worker); returns the best record."""
-    log = logging.getLogger()
     metric = str(config["valid_metric"] or "Recall@20").lower()
     settled, deaths, _, _, _ = scan(study)
     done: list[tuple[dict, dict]] = []
@@ -378,22 +377,7 @@ def summarize(config: Config, study: optuna.Study) -> dict | None:
             done.append((p, rec))
         elif given_up(deaths, pid):
             done.append((p, {"status": "failed", "error": f"its worker died {deaths[pid]} times"}))
-    log.info(f"\n============All Over===================== (study {study.study_name}: "
-             f"{len(done)} points settled)")
-    for point, rec in done:
-        if rec["status"] == "ok":
-            log.info(f"Parameters: {quick_start.params_text(point)},\n best valid: {dict2str(rec['valid'])},\n "
-                     f"best test: {dict2str(rec['test'])}")
-        else:
-            log.info(f"Parameters: {quick_start.params_text(point)},\n {rec['status']}: {rec.get('error')}")
-    best = best_record([r for _, r in done], metric)
-    if best is None:
-        log.error("no grid point finished successfully")
-        return None
-    log.info(f"\n\n█████████████ BEST ████████████████ (selected on valid {metric})")
-    log.info(f"\tParameters: {quick_start.params_text(best['parameters'])},\nValid: {dict2str(best['valid'])},\n"
-             f"Test: {dict2str(best['test'])}\n\n")
-    return best
+    return quick_start.log_summary(done, metric, f" (study {study.study_name}: {len(done)} points settled)")
 
 
 # --- local worker processes -----------------------------------------------------------------
