@@ -122,6 +122,7 @@ def test_table_numbers_from_results_file(tmp_path):
         a = [r["test"][m] for r in runs["A"]]
         b = [r["test"][m] for r in runs["B"]]
         assert table.means["A"][m] == pytest.approx(np.mean(a))
+        assert table.means["B"][m] == pytest.approx(np.mean(b))
         assert table.stds["A"][m] == pytest.approx(np.std(a, ddof=1))
         assert table.stds["C"][m] == 0.0  # a single seed
         best_other = max(table.means["B"][m], table.means["C"][m])

@@ -25,7 +25,7 @@ class LightGCN(GeneralRecommender):
 
     def forward(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = lightgcn(self.adj, ego, self.n_layers)
+        out = lightgcn(self.adj, ego, self.n_layers, symmetric=True)
         return torch.split(out, [self.n_users, self.n_items])
 
     def train(self, mode: bool = True):

@@ -1,8 +1,13 @@
 """Sparse graph pieces shared by the models: normalisation, the user-item adjacency, torch CSR
-conversion and LightGCN propagation. Nothing here ever builds a dense N x N matrix."""
+conversion, LightGCN propagation, blockwise kNN item graphs with a disk cache, and FREEDOM's
+degree-sensitive edge pruning. Nothing here ever builds a dense N x N matrix."""
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,9 +36,12 @@ def to_torch_csr(mat: sp.spmatrix, device: torch.device | str = "cpu") -> torch.
     """A scipy matrix as a torch sparse CSR tensor (faster than COO for forward and backward)."""
     mat = sp.csr_matrix(mat, dtype=np.float32)
     mat.sort_indices()
-    return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)),
-                                   torch.from_numpy(mat.indices.astype(np.int64)),
-                                   torch.from_numpy(mat.data), size=mat.shape, device=device)
+    # int32 indices when they fit: the CPU kernel then runs about 30% faster (same values)
+    idx = np.int32 if max(mat.nnz, *mat.shape) < np.iinfo(np.int32).max else np.int64
+    return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(idx)),
+                                   torch.from_numpy(mat.indices.astype(idx)),
+                                   torch.from_numpy(mat.data), size=mat.shape, device=device,
+                                   check_invariants=False)
 
 
 def normalized_adjacency(inter: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -41,10 +49,175 @@ def normalized_adjacency(inter: sp.spmatrix, device: torch.device | str = "cpu")
     return to_torch_csr(sym_normalize(bipartite_adjacency(inter)), device)
 
 
-def lightgcn(adj: torch.Tensor, emb: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """The mean of emb, Â emb, ..., Â^L emb."""
+class _SpMM(torch.autograd.Function):
+    """y = A x with the backward A^T g taken from a given A^T (no CSR transpose + sort per step)."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj_t = adj_t
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+
+
+def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor) -> torch.Tensor:
+    """A @ x for a constant sparse A; ``adj_t`` is A^T (pass ``adj`` itself when A is symmetric).
+
+    Same values as torch.sparse.mm, but the backward reuses A^T instead of transposing A."""
+    if not x.requires_grad:
+        return torch.sparse.mm(adj, x)
+    return _SpMM.apply(adj, adj_t, x)
+
+
+def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
+    """A^T of a torch CSR matrix, as torch CSR (computed once, for ``spmm``)."""
+    return adj.t().to_sparse_csr()
+
+
+def lightgcn(adj: torch.Tensor, emb: torch.Tensor, n_layers: int, symmetric: bool = False) -> torch.Tensor:
+    """The mean of emb, Â emb, ..., Â^L emb. ``symmetric=True`` (Â = Â^T, as for the normalised
+    user-item graph) lets the backward reuse Â instead of transposing it."""
     total, h = emb, emb
     for _ in range(n_layers):
-        h = torch.sparse.mm(adj, h)
+        h = spmm(adj, h, adj) if symmetric else torch.sparse.mm(adj, h)
         total = total + h
     return total / (n_layers + 1)
+
+
+# --- kNN item graphs (blockwise, sparse) -------------------------------------------------------
+def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary",
+              block_size: int = 2048) -> sp.csr_matrix:
+    """Cosine top-k neighbours of every row (self included, as in MMRec), as a sparse N x N matrix.
+
+    Rows are processed in blocks: L2-normalise, block @ feat^T, torch.topk; only the (row, col,
+    value) triplets are kept, so memory is O(block_size * N + N * k), never N x N.
+    ``weighting``: 'binary' (value 1) or 'cosine' (the similarity itself).
+    """
+    if weighting not in ("binary", "cosine"):
+        raise ValueError(f"weighting must be 'binary' or 'cosine', not {weighting!r}")
+    # computed where the features live (a CUDA tensor is processed on the GPU)
+    x = feat.detach().float() if torch.is_tensor(feat) else torch.as_tensor(np.asarray(feat), dtype=torch.float32)
+    x = torch.nn.functional.normalize(x, p=2, dim=1)
+    n = x.shape[0]
+    k = min(int(k), n)
+    cols, vals = [], []
+    with torch.no_grad():
+        for start in range(0, n, block_size):
+            sim = x[start:start + block_size] @ x.t()
+            top = torch.topk(sim, k, dim=1)
+            cols.append(top.indices.cpu())
+            vals.append(top.values.cpu())
+    col = torch.cat(cols).reshape(-1).numpy()
+    val = torch.cat(vals).reshape(-1).numpy() if weighting == "cosine" else np.ones(n * k, np.float32)
+    row = np.repeat(np.arange(n), k)
+    mat = sp.csr_matrix((val.astype(np.float32), (row, col)), shape=(n, n))
+    mat.sort_indices()
+    return mat
+
+
+# --- disk cache for derived graphs ---------------------------------------------------------------
+def content_hash(*parts: object) -> str:
+    """sha256 over arrays (their bytes, dtype and shape), sparse matrices and plain values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"<none>")
+        elif sp.issparse(part):
+            m = sp.csr_matrix(part)
+            m.sort_indices()
+            for arr in (m.indptr, m.indices, m.data):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(repr(m.shape).encode())
+        elif isinstance(part, (np.ndarray, torch.Tensor)):
+            arr = np.ascontiguousarray(part.detach().cpu().numpy() if torch.is_tensor(part) else part)
+            h.update(arr.tobytes())
+            h.update(f"{arr.dtype}{arr.shape}".encode())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def _writable(path: Path) -> bool:
+    """Writable for us and not marked read-only (root ignores permission bits, so check them)."""
+    try:
+        return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def cache_dir(data_path: str | os.PathLike | None, dataset: str | None) -> Path:
+    """``<data_path>/<dataset>/cache/`` when that folder is writable, else
+    ``~/.cache/mmrec-harness/<dataset>/`` (e.g. for the read-only shared data)."""
+    if data_path and dataset:
+        ds_dir = Path(data_path) / dataset
+        folder = ds_dir / "cache"
+        if folder.is_dir() and _writable(folder) and _writable(ds_dir):
+            return folder
+        if not folder.exists() and ds_dir.is_dir() and _writable(ds_dir):
+            try:
+                folder.mkdir(exist_ok=True)
+                return folder
+            except OSError:
+                pass
+    folder = Path(os.path.expanduser("~/.cache/mmrec-harness")) / (dataset or "default")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def cached_sparse(name: str, key_parts: tuple, build: Callable[[], sp.spmatrix],
+                  data_path: str | None = None, dataset: str | None = None) -> sp.csr_matrix:
+    """Load ``name-<hash(key_parts)>.npz`` from the cache, or build, save atomically and return it."""
+    path = cache_dir(data_path, dataset) / f"{name}-{content_hash(name, *key_parts)[:20]}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache file: rebuild it
+    mat = sp.csr_matrix(build(), dtype=np.float32)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, data=mat.data, indices=mat.indices, indptr=mat.indptr, shape=np.array(mat.shape))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a cache that cannot be written is not an error
+    return mat
+
+
+def cached_knn(feat: np.ndarray | torch.Tensor, k: int, weighting: str, data_path: str | None = None,
+               dataset: str | None = None) -> sp.csr_matrix:
+    """``knn_graph`` through the disk cache, keyed by the feature bytes, k and the weighting."""
+    arr = feat.detach().cpu().numpy() if torch.is_tensor(feat) else np.asarray(feat)
+    return cached_sparse(f"knn{k}-{weighting}", (arr, int(k), weighting),
+                         lambda: knn_graph(feat, k, weighting), data_path, dataset)
+
+
+# --- degree-sensitive edge pruning (FREEDOM) -----------------------------------------------------
+def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                           dropout: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of the floor(|E| (1 - dropout)) kept edges, sampled without replacement with
+    probability proportional to 1 / sqrt(deg_u deg_i) (Gumbel top-k = successive sampling)."""
+    n_edges = users.numel()
+    keep = int(np.floor(n_edges * (1.0 - float(dropout))))
+    deg_u = torch.bincount(users, minlength=n_users).float()
+    deg_i = torch.bincount(items, minlength=n_items).float()
+    log_w = -0.5 * (torch.log(deg_u[users]) + torch.log(deg_i[items]))
+    uniform = torch.rand(n_edges, generator=generator, device=users.device).clamp_(1e-20, 1.0)
+    keys = log_w - torch.log(-torch.log(uniform))  # log weight + Gumbel noise
+    return torch.topk(keys, keep, sorted=False).indices.sort().values
+
+
+def edge_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """The symmetric D^-1/2 [[0,R],[R^T,0]] D^-1/2 of the given edges, degrees taken from these
+    edges only, as torch CSR. Built from index arrays directly (no dok_matrix)."""
+    u = users.detach().cpu().numpy()
+    i = items.detach().cpu().numpy()
+    inter = sp.csr_matrix((np.ones(u.size, np.float32), (u, i)), shape=(n_users, n_items))
+    inter.sum_duplicates()
+    inter.data[:] = 1.0
+    return normalized_adjacency(inter, device)

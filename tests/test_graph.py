@@ -1,0 +1,227 @@
+"""Properties of utils/graph.py and common/contrastive.py that can fail."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from common.contrastive import info_nce
+from utils import graph
+from utils.graph import (cached_knn, degree_sensitive_prune, edge_adjacency, knn_graph, lightgcn,
+                         normalized_adjacency, spmm, sym_normalize, to_torch_csr, transpose_csr)
+
+
+def dense_topk(feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    x = feat / np.linalg.norm(feat, axis=1, keepdims=True)
+    sim = x @ x.T
+    idx = np.argsort(-sim, axis=1)[:, :k]
+    return idx, np.take_along_axis(sim, idx, axis=1)
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 4096])
+def test_knn_graph_equals_dense_topk(block_size: int) -> None:
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(53, 12)).astype(np.float32)
+    k = 5
+    mat = knn_graph(feat, k, "cosine", block_size=block_size)
+    assert mat.shape == (53, 53)
+    assert (np.diff(mat.indptr) == k).all()            # k entries per row
+    idx, val = dense_topk(feat, k)
+    for row in range(53):
+        cols = mat.indices[mat.indptr[row]:mat.indptr[row + 1]]
+        assert set(cols) == set(idx[row])
+        assert row in cols                              # self is included
+        got = dict(zip(cols, mat.data[mat.indptr[row]:mat.indptr[row + 1]]))
+        np.testing.assert_allclose([got[c] for c in idx[row]], val[row], rtol=1e-5, atol=1e-6)
+    binary = knn_graph(feat, k, "binary", block_size=block_size)
+    assert (binary.data == 1.0).all()
+    assert (binary.indices == mat.indices).all()
+
+
+def test_knn_graph_k_larger_than_n_and_bad_weighting() -> None:
+    feat = np.eye(4, dtype=np.float32)
+    assert knn_graph(feat, 10, "binary").nnz == 16
+    with pytest.raises(ValueError):
+        knn_graph(feat, 2, "gaussian")
+
+
+def test_sym_normalize_zero_degree_has_no_nan() -> None:
+    inter = sp.csr_matrix(np.array([[1, 0, 1], [0, 0, 0], [1, 1, 0]], dtype=np.float32))
+    adj = normalized_adjacency(inter).to_dense().numpy()
+    assert np.isfinite(adj).all()
+    assert (adj[1] == 0).all() and (adj[:, 1] == 0).all()   # user 1 has no interaction
+    np.testing.assert_allclose(adj, adj.T)
+    # entry (user 0, item 0): 1 / sqrt(deg_u0 * deg_i0) = 1 / sqrt(2 * 2)
+    assert adj[0, 3] == pytest.approx(0.5)
+    knn_like = sym_normalize(sp.csr_matrix(np.array([[1, 1], [0, 0]], dtype=np.float32)))
+    assert np.isfinite(knn_like.toarray()).all()
+
+
+def test_cache_roundtrip_and_key(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    feat = rng.normal(size=(30, 6)).astype(np.float32)
+    (tmp_path / "toy").mkdir()
+    first = cached_knn(feat, 4, "binary", str(tmp_path), "toy")
+    files = list((tmp_path / "toy" / "cache").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz"      # atomic: no tmp file left behind
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the cache was not used")
+    monkeypatch.setattr(graph, "knn_graph", boom)
+    again = cached_knn(feat, 4, "binary", str(tmp_path), "toy")
+    assert (again != first).nnz == 0
+    feat2 = feat.copy()
+    feat2[0, 0] += 1.0                                         # other feature bytes: other key
+    with pytest.raises(AssertionError, match="cache was not used"):
+        cached_knn(feat2, 4, "binary", str(tmp_path), "toy")
+    with pytest.raises(AssertionError, match="cache was not used"):
+        cached_knn(feat, 5, "binary", str(tmp_path), "toy")   # other k: other key
+
+
+def test_cache_falls_back_when_data_dir_is_read_only(tmp_path, monkeypatch) -> None:
+    ro = tmp_path / "ro"
+    (ro / "toy" / "cache").mkdir(parents=True)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    real_access = os.access
+    # the shared data folder is read-only (root could write anyway, so simulate it)
+    monkeypatch.setattr(graph.os, "access",
+                        lambda path, mode: False if str(path).startswith(str(ro)) else real_access(path, mode))
+    assert graph.cache_dir(str(ro), "toy") == home / ".cache" / "mmrec-harness" / "toy"
+    (tmp_path / "rw" / "toy").mkdir(parents=True)
+    assert graph.cache_dir(str(tmp_path / "rw"), "toy") == tmp_path / "rw" / "toy" / "cache"
+    feat = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    cached_knn(feat, 3, "cosine", str(ro), "toy")
+    assert len(list((home / ".cache" / "mmrec-harness" / "toy").glob("*.npz"))) == 1
+
+
+def test_cache_respects_read_only_permission_bits(tmp_path, monkeypatch) -> None:
+    ds_dir = tmp_path / "shared" / "toy"
+    ds_dir.mkdir(parents=True)
+    os.chmod(ds_dir, 0o555)                  # like /work/shared: even root must not write there
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    try:
+        assert graph.cache_dir(str(tmp_path / "shared"), "toy") == tmp_path / "home" / ".cache" / "mmrec-harness" / "toy"
+        assert not (ds_dir / "cache").exists()
+    finally:
+        os.chmod(ds_dir, 0o755)
+
+
+def toy_edges(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """A skewed bipartite graph: a few heavy users and items, many light ones."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 60, 80
+    pu = 1.0 / np.arange(1, n_users + 1)
+    pi = 1.0 / np.arange(1, n_items + 1)
+    codes = set()
+    while len(codes) < 600:
+        codes.add(int(rng.choice(n_users, p=pu / pu.sum())) * n_items + int(rng.choice(n_items, p=pi / pi.sum())))
+    codes = np.array(sorted(codes))
+    return torch.from_numpy(codes // n_items), torch.from_numpy(codes % n_items), n_users, n_items
+
+
+@pytest.mark.parametrize("dropout", [0.8, 0.9, 0.33])
+def test_pruning_keeps_exact_count(dropout: float) -> None:
+    users, items, nu, ni = toy_edges()
+    keep = degree_sensitive_prune(users, items, nu, ni, dropout, torch.Generator().manual_seed(3))
+    assert keep.numel() == math.floor(users.numel() * (1 - dropout))
+    assert keep.unique().numel() == keep.numel()               # without replacement
+
+
+def test_pruning_prefers_low_degree_edges() -> None:
+    users, items, nu, ni = toy_edges()
+    du = torch.bincount(users, minlength=nu).float()
+    di = torch.bincount(items, minlength=ni).float()
+    weight = 1.0 / torch.sqrt(du[users] * di[items])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(users.numel())
+    draws = 400
+    for _ in range(draws):
+        counts[degree_sensitive_prune(users, items, nu, ni, 0.8, gen)] += 1
+    rate = counts / draws
+    order = torch.argsort(weight)
+    q = users.numel() // 4
+    low_w, high_w = rate[order[:q]].mean(), rate[order[-q:]].mean()
+    assert high_w > 2 * low_w                                  # low-degree edges are kept far more
+    corr = np.corrcoef(weight.numpy(), rate.numpy())[0, 1]
+    assert corr > 0.8
+    # the first draw matches sequential weighted sampling: its top edge is kept nearly always
+    assert rate[order[-1]] > 0.5
+
+
+def test_pruning_is_seeded() -> None:
+    users, items, nu, ni = toy_edges()
+    a = degree_sensitive_prune(users, items, nu, ni, 0.8, torch.Generator().manual_seed(5))
+    b = degree_sensitive_prune(users, items, nu, ni, 0.8, torch.Generator().manual_seed(5))
+    c = degree_sensitive_prune(users, items, nu, ni, 0.8, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_edge_adjacency_uses_kept_degrees_and_is_symmetric() -> None:
+    users = torch.tensor([0, 0, 1, 2])
+    items = torch.tensor([0, 1, 1, 1])
+    adj = edge_adjacency(users, items, 4, 2).to_dense()
+    assert torch.allclose(adj, adj.t())
+    # user 0 has degree 2, item 1 has degree 3 in this subgraph
+    assert adj[0, 4 + 1].item() == pytest.approx(1 / math.sqrt(2 * 3))
+    assert (adj[3] == 0).all() and torch.isfinite(adj).all()
+
+
+def test_spmm_matches_torch_sparse_mm_with_gradients() -> None:
+    rng = np.random.default_rng(2)
+    mat = sp.random(20, 20, density=0.2, random_state=3, dtype=np.float32).tocsr()
+    adj = to_torch_csr(mat)
+    x1 = torch.randn(20, 4, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    w = torch.from_numpy(rng.normal(size=(20, 4)).astype(np.float32))
+    (spmm(adj, x1, transpose_csr(adj)) * w).sum().backward()
+    (torch.sparse.mm(adj, x2) * w).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    sym = to_torch_csr(mat + mat.T)
+    e1 = torch.randn(20, 3, requires_grad=True)
+    e2 = e1.detach().clone().requires_grad_(True)
+    out1, out2 = lightgcn(sym, e1, 2, symmetric=True), lightgcn(sym, e2, 2)
+    assert torch.allclose(out1, out2, atol=1e-6)
+    (out1 * out1).sum().backward()
+    (out2 * out2).sum().backward()
+    assert torch.allclose(e1.grad, e2.grad, atol=1e-5)
+
+
+def test_info_nce_hand_computed() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    t = 0.5
+    # normalised: a = [1,0],[0,1]; b = [1,0],[s,s] with s = 1/sqrt(2)
+    s = 1 / math.sqrt(2)
+    row0 = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(s / t)))
+    row1 = -math.log(math.exp(s / t) / (math.exp(0 / t) + math.exp(s / t)))
+    assert info_nce(a, b, t).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    assert info_nce(a, b, t, reduction="sum").item() == pytest.approx(row0 + row1, rel=1e-6)
+    # pos_index: row 0 of a against row 1 of b, negatives are all rows of b
+    one = info_nce(a[:1], b, t, pos_index=torch.tensor([1]))
+    assert one.item() == pytest.approx(-math.log(math.exp(s / t) / (math.exp(1 / t) + math.exp(s / t))), rel=1e-6)
+
+
+@pytest.mark.parametrize("negatives", ["batch", "all"])
+def test_info_nce_indexed_equals_info_nce_with_duplicates(negatives: str) -> None:
+    from common.contrastive import info_nce_indexed
+    gen = torch.Generator().manual_seed(0)
+    a_all = torch.randn(30, 8, generator=gen, requires_grad=True)
+    b_all = torch.randn(30, 8, generator=gen, requires_grad=True)
+    index = torch.randint(0, 30, (64,), generator=gen)          # many repeated rows
+    assert index.unique().numel() < index.numel()
+    for reduction in ("mean", "sum"):
+        if negatives == "batch":
+            ref = info_nce(a_all[index], b_all[index], 0.2, reduction=reduction)
+        else:
+            ref = info_nce(a_all[index], b_all, 0.2, pos_index=index, reduction=reduction)
+        got = info_nce_indexed(a_all, b_all, index, 0.2, negatives=negatives, reduction=reduction)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+        g_ref = torch.autograd.grad(ref, (a_all, b_all))
+        g_got = torch.autograd.grad(got, (a_all, b_all))
+        for x, y in zip(g_ref, g_got):
+            assert torch.allclose(x, y, atol=1e-5)

@@ -1,0 +1,317 @@
+"""Properties of SIGREC (spec section 10): graph builders, perturbation, losses, gradients,
+deterministic scoring, the graph cache, and an end-to-end comparison with LightGCN."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from conftest import make_config, make_data
+from models.sigrec import (SIGREC, anchor_info_nce, cooccurrence_graph, graph_cache_key, info_nce,
+                           knn_graph, perturb)
+
+
+# --- graph builders -------------------------------------------------------------------------
+def dense_knn(feat: np.ndarray, k: int) -> dict[int, dict[int, float]]:
+    """Reference: dense cosine matrix, the item itself forced in, top-k per row."""
+    x = feat / np.linalg.norm(feat, axis=1, keepdims=True)
+    sim = x @ x.T
+    out = {}
+    for i in range(sim.shape[0]):
+        row = sim[i].copy()
+        row[i] = 2.0
+        top = np.argsort(-row)[:k]
+        out[i] = {int(j): (1.0 if j == i else float(max(sim[i, j], 0.0))) for j in top}
+    return out
+
+
+@pytest.mark.parametrize("block", [3, 7, 100])
+def test_blocked_knn_equals_dense_topk(block: int) -> None:
+    rng = np.random.default_rng(0)
+    feat = rng.standard_normal((23, 6)).astype(np.float32) + 0.5
+    k = 4
+    got = knn_graph(feat, k, "cosine", block=block)
+    ref = dense_knn(feat, k)
+    for i in range(feat.shape[0]):
+        row = got[i]
+        cols = dict(zip(row.indices.tolist(), row.data.tolist()))
+        nonzero_ref = {j: v for j, v in ref[i].items() if v > 0}
+        assert set(cols) == set(nonzero_ref), f"row {i}"
+        for j, v in nonzero_ref.items():
+            assert cols[j] == pytest.approx(v, abs=1e-5)
+    binary = knn_graph(feat, k, "binary", block=block)
+    assert np.all(binary.data == 1.0)
+    for i in range(feat.shape[0]):
+        assert set(binary[i].indices.tolist()) == set(ref[i])
+
+
+def test_rows_have_at_most_k_entries() -> None:
+    rng = np.random.default_rng(1)
+    feat = rng.standard_normal((40, 5)).astype(np.float32)
+    g = knn_graph(feat, 6, "cosine", block=9)
+    assert np.diff(g.indptr).max() <= 6
+    assert all(i in g[i].indices for i in range(40))  # the item itself is always a neighbour
+    inter = sp.random(30, 40, density=0.3, random_state=2, format="csr")
+    c = cooccurrence_graph(inter, 5, "count", block=7)
+    assert np.diff(c.indptr).max() <= 5
+    assert c.diagonal().sum() == 0
+
+
+def test_cooccurrence_equals_dense_counts() -> None:
+    inter = sp.random(25, 12, density=0.35, random_state=3, format="csr")
+    inter.data[:] = 1.0
+    dense = (inter.T @ inter).toarray()
+    np.fill_diagonal(dense, 0)
+    k = 3
+    got = cooccurrence_graph(inter, k, "count", block=5).toarray()
+    for i in range(dense.shape[0]):
+        # ties broken by the smaller column, as the builder does
+        order = sorted(np.flatnonzero(dense[i]), key=lambda j: (-dense[i, j], j))[:k]
+        expect = np.zeros(dense.shape[1])
+        expect[order] = dense[i, order]
+        np.testing.assert_array_equal(got[i], expect)
+    assert np.all(cooccurrence_graph(inter, k, "binary", block=4).data == 1.0)
+
+
+def write_tiny(tmp_path, rows: list[tuple[int, int, int]], n_items: int) -> dict:
+    """A tiny MMRec-format dataset under tmp_path/ml100k; returns config overrides for it."""
+    folder = tmp_path / "ml100k"
+    folder.mkdir()
+    lines = ["userID\titemID\trating\ttimestamp\tx_label"] + [f"{u}\t{i}\t1\t0\t{lab}" for u, i, lab in rows]
+    (folder / "tiny.inter").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    np.save(folder / "image_feat.npy", rng.standard_normal((n_items, 8)).astype(np.float32))
+    np.save(folder / "text_feat.npy", rng.standard_normal((n_items, 5)).astype(np.float32))
+    return {"data_path": str(tmp_path), "inter_file_name": "tiny.inter",
+            "graph_cache_dir": str(tmp_path / "cache"), "knn_k": 3}
+
+
+def test_cooccurrence_graph_ignores_valid_and_test_rows(tmp_path) -> None:
+    # training: user 0 -> items 0,1; user 1 -> 1,2; user 2 -> 2,3; user 3 -> 0,3
+    # user 0's valid item 3 and test item 2 would add edges 1-3 and 0-2 if they leaked into C
+    rows = [(0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 2, 0), (2, 2, 0), (2, 3, 0), (3, 0, 0), (3, 3, 0),
+            (0, 3, 1), (0, 2, 2)]
+    cfg = make_config("SIGREC", **write_tiny(tmp_path, rows, 4))
+    data = make_data(cfg)
+    model = SIGREC(cfg, data.train)
+    co = model.co_graph.toarray()
+    assert co[1, 3] == 0 and co[3, 1] == 0 and co[0, 2] == 0 and co[2, 0] == 0
+    assert co[0, 1] > 0 and co[2, 3] > 0
+    full = data.dataset.inter_matrix("csr")  # all splits: here the leak would show
+    leaked = cooccurrence_graph(full, 10).toarray()
+    assert leaked[1, 3] > 0 and leaked[0, 2] > 0
+
+
+# --- perturbation and losses ----------------------------------------------------------------
+def test_perturbation_size_and_sign() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(50, 16) * torch.logspace(-2, 1, 50)[:, None]  # norms over three decades
+    for eps in (0.1, 0.2):
+        delta = perturb(x, eps, "modulus")
+        np.testing.assert_allclose(delta.norm(dim=1).numpy(), (eps * x.norm(dim=1)).numpy(), rtol=1e-5)
+        assert torch.equal(torch.sign(delta), torch.sign(x))
+        const = perturb(x, eps, "constant")
+        np.testing.assert_allclose(const.norm(dim=1).numpy(), np.full(50, eps), rtol=1e-5)
+        assert torch.equal(torch.sign(const), torch.sign(x))
+    xg = x.clone().requires_grad_(True)
+    assert not perturb(xg, 0.1, "modulus").requires_grad  # the noise carries no gradient
+    with pytest.raises(ValueError):
+        perturb(x, 0.1, "other")
+
+
+def test_anchor_infonce_hand_computed() -> None:
+    b = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    sv = torch.tensor([[2.0, 0.1], [0.3, 1.0], [1.0, 0.5]])
+    st = torch.tensor([[1.0, -0.2], [-0.1, 1.0], [0.7, 1.0]])
+    tau = 0.5
+
+    def cos(p: list[float], q: list[float]) -> float:
+        return sum(a * c for a, c in zip(p, q)) / math.sqrt(sum(a * a for a in p) * sum(c * c for c in q))
+
+    views = [sv.tolist(), st.tolist()]
+    total = 0.0
+    for k in range(3):
+        denom = sum(math.exp(cos(b[k].tolist(), views[m2][j]) / tau) for j in range(3) for m2 in range(2))
+        for m in range(2):
+            total += -math.log(math.exp(cos(b[k].tolist(), views[m][k]) / tau) / denom)
+    expected = total / (3 * 2)
+    assert anchor_info_nce(b, [sv, st], tau).item() == pytest.approx(expected, rel=1e-5)
+
+    # plain InfoNCE by hand as well
+    plain = 0.0
+    for k in range(3):
+        logits = [cos(sv[k].tolist(), st[j].tolist()) / tau for j in range(3)]
+        plain += -(logits[k] - math.log(sum(math.exp(v) for v in logits)))
+    assert info_nce(sv, st, tau).item() == pytest.approx(plain / 3, rel=1e-5)
+
+
+def test_anchor_infonce_lower_when_matched() -> None:
+    torch.manual_seed(1)
+    anchors = torch.randn(32, 8)
+    sv, st = anchors + 0.1 * torch.randn(32, 8), anchors + 0.1 * torch.randn(32, 8)
+    perm = torch.randperm(32)
+    matched = anchor_info_nce(anchors, [sv, st], 0.2)
+    shuffled = anchor_info_nce(anchors, [sv[perm], st[perm]], 0.2)
+    assert matched < shuffled - 1.0
+
+
+# --- the model ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("sigrec_cache")
+    cfg = make_config("SIGREC", graph_cache_dir=str(cache), cl_weight=0.1, anchor_weight=0.1, align_weight=0.1)
+    return cfg, make_data(cfg)
+
+
+def test_gradients_reach_every_parameter_group(ml100k) -> None:
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg, data.train)
+    batch = next(iter(data.train))
+    sum(model.calculate_loss(batch)).backward()
+    groups = {"user_embedding": "user_embedding.", "item_embedding": "item_embedding.",
+              "projections": "proj.", "item gates": "item_gate.", "fusion gates": "fusion_gate."}
+    for label, prefix in groups.items():
+        params = [(n, p) for n, p in model.named_parameters() if n.startswith(prefix)]
+        assert params, label
+        for name, p in params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    assert {n.split(".")[1] for n, _ in model.named_parameters() if n.startswith("proj.")} == {"v", "t"}
+
+
+def test_each_auxiliary_loss_moves_the_semantic_side(ml100k) -> None:
+    """Each auxiliary loss, switched on alone, is positive and sends a gradient to the projections."""
+    cfg, data = ml100k
+    batch = next(iter(data.train))
+    for key in ("cl_weight", "anchor_weight", "align_weight"):
+        point = cfg.point({"cl_weight": 0.0, "anchor_weight": 0.0, "align_weight": 0.0, key: 0.1})
+        torch.manual_seed(0)
+        model = SIGREC(point, data.train)
+        losses = model.calculate_loss(batch)
+        aux = {"cl_weight": 1, "anchor_weight": 2, "align_weight": 3}[key]
+        assert losses[aux].item() > 0
+        losses[aux].backward()
+        assert model.proj["v"].weight.grad.abs().sum() > 0, key
+
+
+def test_noise_offsets_equal_the_noisy_branch(ml100k) -> None:
+    """The view = clean + offset shortcut equals injecting noise after every step."""
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg.point({"n_mm_layers": 2}), data.train)
+    with torch.no_grad():
+        _, sem, states = model.forward()
+        x = model.item_inputs()["v"]
+        torch.manual_seed(5)
+        offsets = model.noise_offsets("v", sem["v"], states["v"], views=1)
+        torch.manual_seed(5)
+        s = x
+        for _ in range(2):
+            s = model.sem_graphs["v"] @ s
+            s = s + perturb(s, model.eps, model.perturb_mode)
+        u = model.user_item @ s
+        u = u + perturb(u, model.eps, model.perturb_mode)
+    np.testing.assert_allclose((sem["v"] + offsets[0]).numpy(), torch.cat([u, s]).numpy(), atol=1e-5)
+
+
+def test_scoring_is_deterministic_and_cached(ml100k) -> None:
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg, data.train)
+    model.eval()
+    users = torch.arange(20)
+    first = model.full_sort_predict((users,))
+    assert model._cache is not None
+    model.train()
+    assert model._cache is None  # training drops the cached representations
+    model.eval()
+    second = model.full_sort_predict((users,))
+    assert torch.equal(first, second)
+    torch.manual_seed(0)
+    other = SIGREC(cfg, data.train).eval()
+    assert torch.equal(other.full_sort_predict((users,)), first)  # same seed, same scores
+
+
+def test_single_modality_and_missing_features(ml100k) -> None:
+    cfg, data = ml100k
+    image = SIGREC(cfg.point({"modalities": "image"}), data.train)
+    assert image.modal_names == ["v"] and set(image.proj) == {"v"}
+    text = SIGREC(cfg.point({"modalities": "text"}), data.train)
+    assert text.modal_names == ["t"]
+    sum(text.calculate_loss(next(iter(data.train)))).backward()
+    saved = (data.train.dataset.v_feat, data.train.dataset.t_feat)
+    try:
+        data.train.dataset.t_feat = None
+        only_image = SIGREC(cfg, data.train)  # 'both' with one file present
+        assert only_image.modal_names == ["v"]
+        with pytest.raises(ValueError, match="text"):
+            SIGREC(cfg.point({"modalities": "text"}), data.train)
+        data.train.dataset.v_feat = None
+        with pytest.raises(ValueError, match="feature"):
+            SIGREC(cfg, data.train)
+    finally:
+        data.train.dataset.v_feat, data.train.dataset.t_feat = saved
+
+
+def test_cache_key_changes_with_inputs_and_is_reused(ml100k) -> None:
+    rng = np.random.default_rng(0)
+    feat = rng.standard_normal((10, 4)).astype(np.float32)
+    key = graph_cache_key("knn", [feat], {"knn_k": 10, "knn_weight": "cosine"})
+    changed = feat.copy()
+    changed[3, 2] += 1e-3
+    assert graph_cache_key("knn", [changed], {"knn_k": 10, "knn_weight": "cosine"}) != key
+    assert graph_cache_key("knn", [feat], {"knn_k": 5, "knn_weight": "cosine"}) != key
+    assert graph_cache_key("knn", [feat], {"knn_k": 10, "knn_weight": "cosine"}) == key
+    cfg, data = ml100k
+    model = SIGREC(cfg, data.train)
+    assert model.cache_files and all(p.exists() for p in model.cache_files)
+    mtimes = [p.stat().st_mtime_ns for p in model.cache_files]
+    again = SIGREC(cfg, data.train)
+    assert again.cache_files == model.cache_files
+    assert [p.stat().st_mtime_ns for p in again.cache_files] == mtimes  # loaded, not rewritten
+    knn10 = SIGREC(cfg.point({"knn_k": 5}), data.train)
+    assert [p for p in knn10.cache_files if p.name.startswith("knn_")] != \
+        [p for p in model.cache_files if p.name.startswith("knn_")]
+
+
+def test_bad_switch_values_are_refused(ml100k) -> None:
+    cfg, data = ml100k
+    for key, value in (("fusion", "max"), ("item_input", "x"), ("infusion", "mul"), ("modalities", "audio")):
+        with pytest.raises(ValueError, match=key):
+            SIGREC(cfg.point({key: value}), data.train)
+
+
+# --- end to end -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:
+    from utils.quick_start import train_point
+
+    epochs = 6
+    common = dict(epochs=epochs, save_model=False, checkpoint_interval=0, topk=[20], metrics=["Recall"])
+    sig = make_config("SIGREC", graph_cache_dir=str(tmp_path / "cache"), **common)
+    data = make_data(sig)
+    lgn = make_config("LightGCN", **common).point({"n_layers": 2, "reg_weight": 1e-4, "seed": 999})
+    r_sig = train_point(sig, data, tmp_path / "sig")
+    r_lgn = train_point(lgn, data, tmp_path / "lgn")
+    assert r_sig["status"] == r_lgn["status"] == "ok"
+    assert r_sig["test"]["recall@20"] > r_lgn["test"]["recall@20"], (r_sig["test"], r_lgn["test"])
+
+
+@pytest.mark.parametrize("switch", [
+    {"knn_weight": "binary"}, {"cf_weight_mode": "binary"}, {"infusion": "additive"}, {"cf_weight": 0.0},
+    {"item_input": "projection"}, {"fusion": "mean"}, {"perturb_mode": "constant"}, {"anchor_mode": "direct"},
+    {"anchor_detach": False}, {"align_detach": False}, {"n_mm_layers": 2}, {"n_ui_layers": 1}])
+def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None:
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg.point(switch), data.train)
+    batch = next(iter(data.train))
+    losses = model.calculate_loss(batch)
+    assert all(torch.isfinite(x) for x in losses) and all(x.item() > 0 for x in losses)
+    sum(losses).backward()
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+    if switch == {"cf_weight": 0.0}:
+        assert model.co_graph is None  # no infusion: C is not even built
