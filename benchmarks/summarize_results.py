@@ -1,5 +1,5 @@
 """Markdown summary of a results file: per model and dataset, the point chosen on validation and
-its test metrics, plus how many grid points finished.
+its test metrics, plus how many grid points finished (runs at the selection seed only).
 
     python benchmarks/summarize_results.py outputs/results.jsonl [--all]
 """
@@ -22,10 +22,11 @@ def main() -> None:
     p.add_argument("results", type=Path)
     p.add_argument("--all", action="store_true", help="one row per finished point, not only the best")
     p.add_argument("--model", default=None, help="only this model")
+    p.add_argument("--seed", type=int, default=999, help="the selection seed (default 999); other seeds' runs are left out")
     args = p.parse_args()
     groups: dict[tuple, list] = defaultdict(list)
     for rec in ResultsStore(args.results).records():
-        if args.model is None or rec.get("model") == args.model:
+        if (args.model is None or rec.get("model") == args.model) and rec.get("seed") == args.seed:
             groups[(rec["model"], rec["dataset"])].append(rec)
     print("| model | dataset | points | parameters | valid R@20 | test R@10 | test R@20 | test N@10 | test N@20 | s/epoch | epochs (best) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -273,3 +273,17 @@ def test_per_user_file_is_found_in_a_moved_output_folder(tmp_path):
     assert _finished_ok(store, cfg, tmp_path)["per_user"] == str(moved)
     store.append({**rec, "status": "failed"})  # the latest record of a key wins
     assert _finished_ok(store, cfg, tmp_path) is None
+
+
+def test_overrides_go_to_the_models_that_know_them():
+    from utils.comparison import split_overrides
+
+    shares = split_overrides(["SIGREC", "LGMRec", "BPR"], "ml100k",
+                             {"cl_weight": 0.5, "SIGREC.cl_weight": 0.01, "epochs": 3})
+    assert shares["SIGREC"]["cl_weight"] == 0.01          # the scoped value wins for its model
+    assert shares["LGMRec"]["cl_weight"] == 0.5
+    assert "cl_weight" not in shares["BPR"] and shares["BPR"]["epochs"] == 3
+    with pytest.raises(ConfigError, match="not compared here"):
+        split_overrides(["BPR"], "ml100k", {"SIGREC.cl_weight": 0.01})
+    with pytest.raises(ConfigError, match="did you mean"):
+        split_overrides(["BPR"], "ml100k", {"BPR.reg_wieght": 0.01})

@@ -38,14 +38,30 @@ class ModelRuns:
 def split_overrides(models: list[str], dataset: str, overrides: dict) -> dict[str, dict]:
     """Each model's share of the command-line overrides: the keys its config knows.
 
-    A key that no model knows is a ConfigError naming the closest known keys."""
+    ``MODEL.key`` (e.g. ``--SIGREC.cl_weight 0.01``) goes to that model only and wins over a plain
+    ``key``. A key that no model knows is a ConfigError naming the closest known keys."""
     known = {m: set(Config(m, dataset).known_keys) for m in models}
     every = sorted(set().union(*known.values()))
-    for key in overrides:
+    shares: dict[str, dict] = {m: {} for m in models}
+    scoped: dict[str, dict] = {m: {} for m in models}
+    for key, value in overrides.items():
+        model, _, name = key.rpartition(".")
+        if model:
+            if model not in known:
+                raise ConfigError(f"'{key}' names model {model}, which is not compared here "
+                                  f"({', '.join(models)})")
+            if name not in known[model]:
+                raise ConfigError(f"unknown config key '{name}' for {model} on {dataset}: "
+                                  f"{closest(name, sorted(known[model]))}")
+            scoped[model][name] = value
+            continue
         if not any(key in k for k in known.values()):
             raise ConfigError(f"unknown config key '{key}' for {', '.join(models)} on {dataset}: "
                               f"{closest(key, every)}")
-    return {m: {k: v for k, v in overrides.items() if k in known[m]} for m in models}
+        for m in models:
+            if key in known[m]:
+                shares[m][key] = value
+    return {m: {**shares[m], **scoped[m]} for m in models}
 
 
 def _finished_ok(store: ResultsStore, cfg: Config, output: Path) -> dict | None:
