@@ -97,6 +97,23 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
         return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
 
 
+@contextlib.contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """For SQLite, an exclusive file lock around opening the storage, so that local workers
+    starting together do not race to create (and stamp) the schema."""
+    if not url.startswith("sqlite"):
+        yield
+        return
+    import fcntl
+    lock_path = Path(url.split(":///", 1)[-1] + ".lock")
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     """A SQLAlchemy URL -> RDBStorage with heartbeat and retry; ``journal:PATH`` -> JournalStorage."""
     retry = retry_callback()
@@ -118,7 +135,7 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     error = ""
     for attempt in range(5):  # workers starting together race to create the tables: try again
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), creation_lock(url):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                   grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
@@ -126,7 +143,7 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
             raise ConfigError(f"--storage {url.split(':', 1)[0]} needs a driver: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; one line is enough
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "exist" not in error.lower() and "duplicate" not in error.lower():
+            if not any(w in error.lower() for w in ("exist", "duplicate", "unique constraint", "integrity")):
                 break  # not the creation race: report it at once
             time.sleep(0.5 + random.random() * (attempt + 1))
     raise ConfigError(f"cannot open --storage {url}: {error}")
