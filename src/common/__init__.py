@@ -1,0 +1,1 @@
+"""Training loop, model contract, losses and initialisers (MMRec-compatible names)."""

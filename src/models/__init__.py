@@ -1,0 +1,1 @@
+"""One file per model: models/<name lower-cased>.py holds class <Name>."""

@@ -1,0 +1,1 @@
+"""Config, data, evaluation, search, comparison, plots and logging."""
