@@ -4,6 +4,7 @@ the generic interaction and item-text CSVs. Every problem becomes a one-line Dat
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import gzip
 import io
@@ -12,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -262,8 +263,10 @@ def _sniff_delimiter(first_line: str) -> str:
     return "\t" if "\t" in first_line and "," not in first_line else ","
 
 
-def read_interactions_csv(path: Path, skip_bad_lines: bool = False) -> InteractionTable:
-    """Read a generic interactions CSV whose header names user, item and optionally rating, timestamp."""
+@contextlib.contextmanager
+def _csv_table(path: Path) -> Iterator[tuple[list[str], Any]]:
+    """Open a delimited text file with a header line: yields (header, csv reader); read errors
+    and an empty file become one-line DataErrors."""
     with _open_text(path) as fh:
         first = fh.readline()
         fh.seek(0)
@@ -272,42 +275,48 @@ def read_interactions_csv(path: Path, skip_bad_lines: bool = False) -> Interacti
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: file is empty")
-            cols = {
-                "user": _header_index(header, USER_NAMES),
-                "item": _header_index(header, ITEM_NAMES),
-                "rating": _header_index(header, RATING_NAMES),
-                "timestamp": _header_index(header, TIME_NAMES),
-            }
-            if cols["user"] is None or cols["item"] is None:
-                raise DataError(
-                    f"{path}: the first line must be a header naming the user and item columns "
-                    f"(e.g. user,item,rating,timestamp); got {','.join(header)!r}"
-                )
-            table = InteractionTable(
-                has_rating=cols["rating"] is not None, has_timestamp=cols["timestamp"] is not None
-            )
-            width = max(c for c in cols.values() if c is not None) + 1
-            for fields in reader:
-                lineno = reader.line_num
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) < width:
-                    _bad_line(path, lineno, f"expected at least {width} columns, got {len(fields)}", skip_bad_lines)
-                    table.bad_lines += 1
-                    continue
-                user, item = fields[cols["user"]].strip(), fields[cols["item"]].strip()
-                rating_s = fields[cols["rating"]].strip() if table.has_rating else "1"
-                ts_s = fields[cols["timestamp"]].strip() if table.has_timestamp else "0"
-                if not (user and item and rating_s and ts_s):
-                    table.missing_rows += 1
-                    continue
-                try:
-                    table.rows.append(Interaction(user, item, float(rating_s), int(float(ts_s))))
-                except ValueError:
-                    _bad_line(path, lineno, "rating and timestamp must be numbers", skip_bad_lines)
-                    table.bad_lines += 1
+            yield header, reader
         except (csv.Error, OSError, EOFError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: cannot read after line {reader.line_num}: {exc}") from None
+
+
+def read_interactions_csv(path: Path, skip_bad_lines: bool = False) -> InteractionTable:
+    """Read a generic interactions CSV whose header names user, item and optionally rating, timestamp."""
+    with _csv_table(path) as (header, reader):
+        cols = {
+            "user": _header_index(header, USER_NAMES),
+            "item": _header_index(header, ITEM_NAMES),
+            "rating": _header_index(header, RATING_NAMES),
+            "timestamp": _header_index(header, TIME_NAMES),
+        }
+        if cols["user"] is None or cols["item"] is None:
+            raise DataError(
+                f"{path}: the first line must be a header naming the user and item columns "
+                f"(e.g. user,item,rating,timestamp); got {','.join(header)!r}"
+            )
+        table = InteractionTable(
+            has_rating=cols["rating"] is not None, has_timestamp=cols["timestamp"] is not None
+        )
+        width = max(c for c in cols.values() if c is not None) + 1
+        for fields in reader:
+            lineno = reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) < width:
+                _bad_line(path, lineno, f"expected at least {width} columns, got {len(fields)}", skip_bad_lines)
+                table.bad_lines += 1
+                continue
+            user, item = fields[cols["user"]].strip(), fields[cols["item"]].strip()
+            rating_s = fields[cols["rating"]].strip() if table.has_rating else "1"
+            ts_s = fields[cols["timestamp"]].strip() if table.has_timestamp else "0"
+            if not (user and item and rating_s and ts_s):
+                table.missing_rows += 1
+                continue
+            try:
+                table.rows.append(Interaction(user, item, float(rating_s), int(float(ts_s))))
+            except ValueError:
+                _bad_line(path, lineno, "rating and timestamp must be numbers", skip_bad_lines)
+                table.bad_lines += 1
     return table
 
 
@@ -315,30 +324,21 @@ def read_item_text_csv(path: Path, skip_bad_lines: bool = False) -> tuple[dict[s
     """Read a generic item-text CSV with a header naming the item and text columns."""
     texts: dict[str, str] = {}
     bad = 0
-    with _open_text(path) as fh:
-        first = fh.readline()
-        fh.seek(0)
-        reader = csv.reader(fh, delimiter=_sniff_delimiter(first))
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: file is empty")
-            i_col, t_col = _header_index(header, ITEM_NAMES), _header_index(header, TEXT_NAMES)
-            if i_col is None or t_col is None:
-                raise DataError(
-                    f"{path}: the first line must be a header naming the item and text columns "
-                    f"(e.g. item,text); got {','.join(header)!r}"
-                )
-            for fields in reader:
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) <= max(i_col, t_col):
-                    _bad_line(path, reader.line_num, f"expected at least {max(i_col, t_col) + 1} columns", skip_bad_lines)
-                    bad += 1
-                    continue
-                item = fields[i_col].strip()
-                if item and item not in texts:
-                    texts[item] = fields[t_col].strip()
-        except (csv.Error, OSError, EOFError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read after line {reader.line_num}: {exc}") from None
+    with _csv_table(path) as (header, reader):
+        i_col, t_col = _header_index(header, ITEM_NAMES), _header_index(header, TEXT_NAMES)
+        if i_col is None or t_col is None:
+            raise DataError(
+                f"{path}: the first line must be a header naming the item and text columns "
+                f"(e.g. item,text); got {','.join(header)!r}"
+            )
+        for fields in reader:
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) <= max(i_col, t_col):
+                _bad_line(path, reader.line_num, f"expected at least {max(i_col, t_col) + 1} columns", skip_bad_lines)
+                bad += 1
+                continue
+            item = fields[i_col].strip()
+            if item and item not in texts:
+                texts[item] = fields[t_col].strip()
     return texts, bad
