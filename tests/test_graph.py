@@ -11,8 +11,9 @@ import torch
 
 from common.contrastive import info_nce
 from utils import graph
-from utils.graph import (cached_knn, degree_sensitive_prune, edge_adjacency, knn_graph, lightgcn,
-                         normalized_adjacency, spmm, sym_normalize, to_torch_csr, transpose_csr)
+from utils.graph import (cached_knn, csr_columns_symmetric, csr_rows, degree_sensitive_prune, edge_adjacency,
+                         knn_graph, lightgcn, lightgcn_at, normalized_adjacency, spmm, sym_normalize,
+                         to_torch_csr, transpose_csr)
 
 
 def dense_topk(feat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +190,40 @@ def test_spmm_matches_torch_sparse_mm_with_gradients() -> None:
     (out1 * out1).sum().backward()
     (out2 * out2).sum().backward()
     assert torch.allclose(e1.grad, e2.grad, atol=1e-5)
+
+
+def test_csr_row_and_column_slices_match_dense() -> None:
+    inter = sp.random(9, 7, density=0.35, random_state=5, dtype=np.float32).tocsr()
+    adj = normalized_adjacency(inter)  # symmetric, 16 x 16, with empty rows
+    dense = adj.to_dense()
+    rows = torch.tensor([0, 3, 4, 10, 15])
+    assert torch.equal(csr_rows(adj, rows).to_dense(), dense[rows])
+    assert torch.equal(csr_rows(adj, torch.tensor([15, 0])).to_dense(), dense[[15, 0]])  # any order
+    assert torch.equal(csr_columns_symmetric(adj, rows).to_dense(), dense[:, rows])
+    assert csr_rows(adj, torch.tensor([], dtype=torch.long)).shape == (0, 16)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+@pytest.mark.parametrize("max_share", [0.0, 1.0])  # the full-product path, then always sliced
+def test_lightgcn_at_equals_full_propagation_with_gradients(n_layers: int, max_share: float, monkeypatch) -> None:
+    monkeypatch.setattr(graph, "ROWS_SPMM_MAX_SHARE", max_share)
+    sliced = []
+    monkeypatch.setattr(graph, "csr_rows", lambda a, r: sliced.append(r) or csr_rows(a, r))
+    inter = sp.random(30, 20, density=0.15, random_state=7, dtype=np.float32).tocsr()
+    adj = normalized_adjacency(inter)
+    rows = torch.tensor([8, 1, 2, 8, 29, 30, 41, 49, 30])  # any order, with repeats
+    e1 = torch.randn(50, 4, requires_grad=True)
+    e2 = e1.detach().clone().requires_grad_(True)
+    out1, ego1 = lightgcn_at(adj, e1, n_layers, rows)
+    out2 = lightgcn(adj, e2, n_layers, symmetric=True)[rows]
+    assert torch.equal(out1, out2)  # bit for bit: same rows, same column order
+    assert torch.equal(ego1, e2[rows])
+    w = torch.randn(rows.numel(), 4)
+    ((out1 * w).sum() + ego1.pow(2).sum()).backward()
+    ((out2 * w).sum() + e2[rows].pow(2).sum()).backward()
+    assert torch.allclose(e1.grad, e2.grad, atol=1e-6)
+    assert e1.grad[~torch.isin(torch.arange(50), rows)].abs().sum() > 0 or n_layers == 0
+    assert bool(sliced) == (max_share == 1.0 and n_layers > 0)
 
 
 def test_info_nce_hand_computed() -> None:

@@ -42,6 +42,21 @@ def test_hand_computed_values():
     assert dict2str({"recall@5": 0.12345}) == "recall@5: 0.1235"
 
 
+@pytest.mark.parametrize("n_items,k,block", [(1000, 5, 8), (1003, 20, 16), (4099, 50, 32), (300, 50, 32)])
+def test_exact_topk_equals_torch_topk(n_items, k, block):
+    from utils.evaluator import exact_topk
+    gen = torch.Generator().manual_seed(n_items)
+    scores = torch.randn(64, n_items, generator=gen)
+    scores[:, -3:] += 5.0  # the best items sit in the ragged tail
+    scores[0, :] = -1e10  # a fully masked user
+    scores[0, 7] = 0.0
+    got = exact_topk(scores, k, block)
+    want = torch.topk(scores, k, dim=1)
+    assert torch.equal(scores.gather(1, got), want.values)  # same scores, best first
+    assert (got.sort(dim=1).values.diff(dim=1) > 0).all()  # no item twice
+    assert got[0, 0] == 7
+
+
 def test_unknown_metric_and_large_k_are_errors():
     hits = np.zeros((1, 3), dtype=bool)
     with pytest.raises(ValueError, match="unknown metric"):

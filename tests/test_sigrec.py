@@ -303,7 +303,8 @@ def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:
 @pytest.mark.parametrize("switch", [
     {"knn_weight": "binary"}, {"cf_weight_mode": "binary"}, {"infusion": "additive"}, {"cf_weight": 0.0},
     {"item_input": "projection"}, {"fusion": "mean"}, {"perturb_mode": "constant"}, {"anchor_mode": "direct"},
-    {"anchor_detach": False}, {"align_detach": False}, {"n_mm_layers": 2}, {"n_ui_layers": 1}])
+    {"anchor_detach": False}, {"align_detach": False}, {"n_mm_layers": 2}, {"n_ui_layers": 1},
+    {"cl_max_nodes": 64}])
 def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None:
     cfg, data = ml100k
     torch.manual_seed(0)
@@ -315,3 +316,23 @@ def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None
     assert model.item_embedding.weight.grad.abs().sum() > 0
     if switch == {"cf_weight": 0.0}:
         assert model.co_graph is None  # no infusion: C is not even built
+
+
+def test_cl_max_nodes_subsamples_the_contrastive_sets(ml100k) -> None:
+    cfg, data = ml100k
+    ids = torch.arange(0, 300, 3)
+    assert torch.equal(SIGREC(cfg, data.train)._contrast_nodes(ids), ids)  # default: all (spec)
+    model = SIGREC(cfg.point({"cl_max_nodes": 16}), data.train)
+    torch.manual_seed(0)
+    picked = model._contrast_nodes(ids)
+    assert picked.numel() == 16 and torch.isin(picked, ids).all() and (picked.diff() > 0).all()
+    assert torch.equal(model._contrast_nodes(ids[:10]), ids[:10])  # fewer than N: all of them
+    batch = next(iter(data.train))
+    full = SIGREC(cfg, data.train)
+    full.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    sub_losses = model.calculate_loss(batch)
+    torch.manual_seed(1)
+    full_losses = full.calculate_loss(batch)
+    assert sub_losses[0].item() == full_losses[0].item()  # BPR untouched
+    assert sub_losses[2].item() < full_losses[2].item()  # fewer negatives: a smaller InfoNCE

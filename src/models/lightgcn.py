@@ -5,7 +5,7 @@ from torch import nn
 from common.abstract_recommender import GeneralRecommender
 from common.init import xavier_uniform_initialization
 from common.loss import BPRLoss, EmbLoss
-from utils.graph import lightgcn, normalized_adjacency
+from utils.graph import lightgcn, lightgcn_at, normalized_adjacency
 
 
 class LightGCN(GeneralRecommender):
@@ -34,10 +34,12 @@ class LightGCN(GeneralRecommender):
 
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        user_all, item_all = self.forward()
-        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out, ego_rows = lightgcn_at(self.adj, ego, self.n_layers, idx)  # last layer: batch rows only
+        u, p, n = out.split(users.shape[0])
         loss = self.bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.reg_loss(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
+        reg = self.reg_loss(*ego_rows.split(users.shape[0]))  # layer-0 rows of the batch
         return loss + self.reg_weight * reg
 
     def full_sort_predict(self, interaction) -> torch.Tensor:

@@ -76,6 +76,76 @@ def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
     return adj.t().to_sparse_csr()
 
 
+def csr_rows(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A[rows, :] of a torch CSR matrix, as torch CSR (each row keeps its column order)."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    rows = rows.to(crow.device, torch.int64)
+    starts = crow[rows].long()
+    lengths = crow[rows + 1].long() - starts
+    new_crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    pick = torch.arange(int(new_crow[-1]), device=crow.device) + \
+        torch.repeat_interleave(starts - new_crow[:-1], lengths)
+    return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[pick], val[pick],
+                                   size=(rows.numel(), adj.shape[1]), check_invariants=False)
+
+
+def csr_columns_symmetric(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A[:, rows] = (A[rows, :])^T of a *symmetric* torch CSR matrix, as torch CSR; ``rows`` must
+    be sorted and unique. One pass over the nonzeros, no sort."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    local = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
+    local[rows] = torch.arange(rows.numel(), dtype=col.dtype, device=col.device)
+    mapped = local[col]
+    keep = mapped >= 0
+    kept_before = torch.zeros(col.numel() + 1, dtype=torch.int64, device=col.device)
+    torch.cumsum(keep, 0, out=kept_before[1:])
+    pick = keep.nonzero().squeeze(1)
+    return torch.sparse_csr_tensor(kept_before[crow].to(crow.dtype), mapped[pick], val[pick],
+                                   size=(adj.shape[0], rows.numel()), check_invariants=False)
+
+
+ROWS_SPMM_MAX_SHARE = 0.5  # above this share of the nonzeros, a full product is cheaper than slicing
+
+
+class _RowsSpMM(torch.autograd.Function):
+    """(x[rows], (A x)[rows]) for a constant symmetric A, touching only the nonzeros of those rows
+    (forward) and of those columns (backward): the same values as the full product, at a fraction
+    of its cost, and one dense gradient buffer for both outputs."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, rows: torch.Tensor, x: torch.Tensor):
+        ctx.adj, ctx.rows = adj, rows
+        return x[rows], torch.sparse.mm(csr_rows(adj, rows), x)
+
+    @staticmethod
+    def backward(ctx, grad_self: torch.Tensor, grad_prop: torch.Tensor):
+        grad = torch.sparse.mm(csr_columns_symmetric(ctx.adj, ctx.rows), grad_prop)
+        grad[ctx.rows] += grad_self  # rows are unique: a plain, deterministic add
+        return None, None, grad
+
+
+def lightgcn_at(adj: torch.Tensor, emb: torch.Tensor, n_layers: int,
+                idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``lightgcn(adj, emb, n_layers, symmetric=True)[idx]``, ``emb[idx]``) for a training batch
+    (``idx`` in any order, repeats allowed), bit for bit, with the last layer computed for the
+    batch's rows only. ``emb[idx]`` is for regularisers on the layer-0 embeddings. When the batch
+    holds most of the nonzeros (small graphs), slicing costs more than it saves: full product."""
+    crow = adj.crow_indices()
+    if n_layers == 0 or (crow[idx + 1] - crow[idx]).sum() > ROWS_SPMM_MAX_SHARE * adj.values().numel():
+        return lightgcn(adj, emb, n_layers, symmetric=True).index_select(0, idx), emb.index_select(0, idx)
+    rows, where = torch.unique(idx, return_inverse=True)
+    layers = [emb]
+    for _ in range(n_layers - 1):
+        layers.append(spmm(adj, layers[-1], adj))
+    prev_rows, last = _RowsSpMM.apply(adj, rows, layers[-1])
+    emb_rows = prev_rows if n_layers == 1 else emb[rows]
+    total = emb_rows
+    for h in layers[1:]:
+        total = total + (prev_rows if h is layers[-1] else h[rows])
+    return ((total + last) / (n_layers + 1)).index_select(0, where), emb_rows.index_select(0, where)
+
+
 def lightgcn(adj: torch.Tensor, emb: torch.Tensor, n_layers: int, symmetric: bool = False) -> torch.Tensor:
     """The mean of emb, Â emb, ..., Â^L emb. ``symmetric=True`` (Â = Â^T, as for the normalised
     user-item graph) lets the backward reuse Â instead of transposing it."""
