@@ -42,21 +42,6 @@ def test_hand_computed_values():
     assert dict2str({"recall@5": 0.12345}) == "recall@5: 0.1235"
 
 
-@pytest.mark.parametrize("n_items,k,block", [(1000, 5, 8), (1003, 20, 16), (4099, 50, 32), (300, 50, 32)])
-def test_exact_topk_equals_torch_topk(n_items, k, block):
-    from utils.evaluator import exact_topk
-    gen = torch.Generator().manual_seed(n_items)
-    scores = torch.randn(64, n_items, generator=gen)
-    scores[:, -3:] += 5.0  # the best items sit in the ragged tail
-    scores[0, :] = -1e10  # a fully masked user
-    scores[0, 7] = 0.0
-    got = exact_topk(scores, k, block)
-    want = torch.topk(scores, k, dim=1)
-    assert torch.equal(scores.gather(1, got), want.values)  # same scores, best first
-    assert (got.sort(dim=1).values.diff(dim=1) > 0).all()  # no item twice
-    assert got[0, 0] == 7
-
-
 def test_unknown_metric_and_large_k_are_errors():
     hits = np.zeros((1, 3), dtype=bool)
     with pytest.raises(ValueError, match="unknown metric"):
@@ -98,3 +83,41 @@ def test_evaluation_masks_training_items_only(tmp_path):
     # user 0: items 0, 1 masked, so item 2 ranks first; user 1: item 2 masked, item 0 ranks first
     assert res.per_user["recall@1"].tolist() == [1.0, 1.0]
     assert res.users.tolist() == [0, 1]
+
+
+def test_blocked_scoring_equals_one_call_per_batch(monkeypatch):
+    """Models with cached_scoring are scored in small user blocks; the ranking must not change."""
+    from utils import evaluator
+    from utils.dataloader import EvalDataLoader
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(10, 7, generator=gen)
+
+    class _Table(torch.nn.Module):
+        def __init__(self, cached):
+            super().__init__()
+            self.cached_scoring, self.calls = cached, 0
+
+        def full_sort_predict(self, interaction):
+            self.calls += 1
+            return table[interaction[0]].clone()
+
+    class _Split:
+        def __init__(self, seed, n):
+            rng = np.random.default_rng(seed)
+            self.users, self.items = rng.integers(0, 10, n), rng.integers(0, 7, n)
+            self.n_users, self.n_items = 10, 7
+
+        def inter_matrix(self, form="csr"):
+            return sp.csr_matrix((np.ones(len(self.users)), (self.users, self.items)), shape=(10, 7))
+
+    cfg = {"device": torch.device("cpu")}
+    loader = EvalDataLoader(cfg, _Split(1, 15), additional_dataset=_Split(2, 25), batch_size=4)
+    monkeypatch.setattr(evaluator, "CPU_SCORE_BLOCK", 14)  # 2 users per block
+    plain, blocked = _Table(False), _Table(True)
+    u1, top1 = evaluator.rank_topk(plain, loader, 3, "cpu")
+    u2, top2 = evaluator.rank_topk(blocked, loader, 3, "cpu")
+    assert np.array_equal(u1, u2) and np.array_equal(top1, top2)
+    assert plain.calls == len(loader) and blocked.calls == sum((len(b[0]) + 1) // 2 for b in loader)
+    mask = loader.mask.toarray()
+    assert not mask[u2[:, None], top2].any()  # no training item is ranked

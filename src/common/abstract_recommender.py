@@ -12,6 +12,12 @@ from torch import nn
 class AbstractRecommender(nn.Module):
     """Base of all models: optional epoch hooks and a parameter count in ``str(model)``."""
 
+    #: [harness] True when ``full_sort_predict`` reuses representations computed once per
+    #: evaluation, so that the evaluator may score small blocks of users (on the CPU a block of
+    #: scores then stays in cache between scoring and top-k). MMRec's models recompute their
+    #: graph on every call, so the default is False: one call per evaluation batch, as in MMRec.
+    cached_scoring: bool = False
+
     def pre_epoch_processing(self) -> None:
         """Run before every training epoch (e.g. FREEDOM's edge pruning)."""
 

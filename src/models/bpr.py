@@ -10,6 +10,8 @@ from common.loss import BPRLoss, EmbLoss
 class BPR(GeneralRecommender):
     """Loss = BPR + reg_weight * (L2 norms of the batch embeddings) / batch."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
         self.embedding_dim = config["embedding_size"]

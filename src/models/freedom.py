@@ -34,6 +34,8 @@ def bpr(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 class FREEDOM(GeneralRecommender):
     """Freezing and denoising graph structures for multimodal recommendation."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         self.embedding_dim = int(config["embedding_size"])

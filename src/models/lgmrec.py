@@ -29,6 +29,8 @@ from utils.graph import lightgcn, normalized_adjacency, spmm, to_torch_csr
 class LGMRec(GeneralRecommender):
     """Local and global graph learning with hypergraph embeddings."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:

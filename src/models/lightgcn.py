@@ -11,6 +11,8 @@ from utils.graph import lightgcn, lightgcn_at, normalized_adjacency
 class LightGCN(GeneralRecommender):
     """Loss = BPR on propagated embeddings + reg_weight * L2 of the layer-0 batch embeddings."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)
         self.latent_dim = config["embedding_size"]

@@ -31,6 +31,8 @@ from utils.graph import (bipartite_adjacency, cached_knn, lightgcn, spmm, sym_no
 class MGCN(GeneralRecommender):
     """Multi-view graph convolutional network for multimedia recommendation."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:

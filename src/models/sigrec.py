@@ -179,6 +179,46 @@ class _SpMM(torch.autograd.Function):
         return None, None, torch.sparse.mm(ctx.a_t, grad)
 
 
+def csr_rows(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """a[rows, :] of a torch CSR matrix, as torch CSR (each row keeps its column order)."""
+    crow, col, val = a.crow_indices(), a.col_indices(), a.values()
+    starts = crow[rows]
+    lengths = crow[rows + 1] - starts
+    new_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    pick = torch.arange(int(new_crow[-1]), device=crow.device) + torch.repeat_interleave(starts - new_crow[:-1], lengths)
+    return torch.sparse_csr_tensor(new_crow, col[pick], val[pick], size=(rows.numel(), a.shape[1]),
+                                   check_invariants=False)
+
+
+def csr_columns(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """a[:, cols] of a torch CSR matrix (``cols`` sorted, unique), as torch CSR: one pass, no sort."""
+    crow, col, val = a.crow_indices(), a.col_indices(), a.values()
+    local = torch.full((a.shape[1],), -1, dtype=col.dtype, device=col.device)
+    local[cols] = torch.arange(cols.numel(), dtype=col.dtype, device=col.device)
+    mapped = local[col]
+    keep = mapped >= 0
+    kept_before = torch.zeros(col.numel() + 1, dtype=crow.dtype, device=col.device)
+    torch.cumsum(keep, 0, out=kept_before[1:])
+    pick = keep.nonzero().squeeze(1)
+    return torch.sparse_csr_tensor(kept_before[crow], mapped[pick], val[pick], size=(a.shape[0], cols.numel()),
+                                   check_invariants=False)
+
+
+class _RowsSpMM(torch.autograd.Function):
+    """(A x)[rows] touching only those rows' nonzeros; the backward is Aᵀ[:, rows] @ grad. The
+    same values, bit for bit, as the full product followed by indexing (zero rows add nothing)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, a_t: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.a_t, ctx.rows = a_t, rows
+        return torch.sparse.mm(csr_rows(a, rows), x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
+        return None, None, None, torch.sparse.mm(csr_columns(ctx.a_t, ctx.rows), grad)
+
+
 class FrozenGraph:
     """A frozen sparse matrix with its transpose, both torch CSR, multiplied through ``_SpMM``."""
 
@@ -191,6 +231,11 @@ class FrozenGraph:
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return _SpMM.apply(self.a, self.a_t, x) if x.requires_grad else torch.sparse.mm(self.a, x)
 
+    def rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only."""
+        return _RowsSpMM.apply(self.a, self.a_t, rows, x) if x.requires_grad else \
+            torch.sparse.mm(csr_rows(self.a, rows), x)
+
 
 def infuse(sem: sp.spmatrix, co: sp.spmatrix | None, beta: float, mode: str = "convex") -> sp.csr_matrix:
     """S̄ = (1-β)Ŝ + βĈ (``convex``) or Ŝ + βĈ (``additive``); both inputs already normalised."""
@@ -201,11 +246,13 @@ def infuse(sem: sp.spmatrix, co: sp.spmatrix | None, beta: float, mode: str = "c
     return ((1.0 - beta) * sem + beta * co).tocsr() if mode == "convex" else (sem + beta * co).tocsr()
 
 
-def perturb(x: torch.Tensor, eps: float, mode: str = "modulus") -> torch.Tensor:
+def perturb(x: torch.Tensor, eps: float, mode: str = "modulus", uniform: torch.Tensor | None = None) -> torch.Tensor:
     """Δ = ε · s_k · sign(x) ⊙ normalize(u), u ~ U(0,1)^d, with s_k = ‖x_k‖ (detached) in
-    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ."""
+    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ.
+    ``uniform`` supplies u (default: drawn here, shaped like x)."""
     x = x.detach()  # the noise carries no gradient (sign() has a zero derivative anyway)
-    direction = F.normalize(torch.rand_like(x), dim=-1) * torch.sign(x)
+    u = torch.rand_like(x) if uniform is None else uniform
+    direction = F.normalize(u, dim=-1) * torch.sign(x)
     if mode == "modulus":
         direction = direction * x.norm(dim=-1, keepdim=True)
     elif mode != "constant":
@@ -334,6 +381,8 @@ class SIGREC(GeneralRecommender):
     Loss terms returned by ``calculate_loss`` (the trainer sums them):
     BPR + λ_reg L_reg, λ_p L_pert, λ_a L_anchor, λ_f L_align."""
 
+    cached_scoring = True  # F is computed once per evaluation (a harness hint; MMRec ignores it)
+
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
         self.dim = int(_cfg(config, "embedding_size", 64))
@@ -441,6 +490,19 @@ class SIGREC(GeneralRecommender):
             total = total + h
         return total / (self.n_ui_layers + 1)
 
+    def behavior_rows(self, nodes: torch.Tensor) -> torch.Tensor:
+        """B[nodes] (sorted, unique) with the last layer computed for those rows only."""
+        h = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        layers = [h]
+        for _ in range(self.n_ui_layers - 1):
+            layers.append(self.adj @ layers[-1])
+        total = h[nodes]
+        for layer in layers[1:]:
+            total = total + layer[nodes]
+        if self.n_ui_layers > 0:
+            total = total + self.adj.rows(nodes, layers[-1])
+        return total / (self.n_ui_layers + 1)
+
     def item_inputs(self) -> dict[str, torch.Tensor]:
         """x^m: the item ID embedding gated by the projected modality feature, or the projection."""
         out = {}
@@ -458,9 +520,12 @@ class SIGREC(GeneralRecommender):
             states.append(s)
         return torch.cat([self.user_item @ s, s]), states
 
-    def noise_offsets(self, m: str, sem: torch.Tensor, states: list[torch.Tensor], views: int = 2) -> torch.Tensor:
+    def noise_offsets(self, m: str, sem: torch.Tensor, states: list[torch.Tensor], views: int = 2,
+                      users: torch.Tensor | None = None) -> torch.Tensor:
         """[views, M+N, d] offsets e with view = S^m + e, equal to running the branch with noise
         injected after every propagation step (item layers, then the user aggregation).
+        With ``users`` (sorted, unique), only those users' rows: [views, len(users)+N, d], and
+        ``sem`` holds only those users' rows above the items; the same values and random draws.
 
         The noise carries no gradient (its modulus is detached and sign() has zero derivative), and
         propagation is linear, so the noisy branch is the clean branch plus a gradient-free offset:
@@ -472,8 +537,14 @@ class SIGREC(GeneralRecommender):
                 prop = torch.zeros(views, n, d, device=sem.device) if e is None else \
                     (self.sem_graphs[m] @ e.permute(1, 0, 2).reshape(n, -1)).reshape(n, views, d).permute(1, 0, 2)
                 e = prop + perturb(clean.detach() + prop, self.eps, self.perturb_mode)
-            prop = (self.user_item @ e.permute(1, 0, 2).reshape(n, -1)).reshape(self.n_users, views, d).permute(1, 0, 2)
-            eu = prop + perturb(sem[:self.n_users].detach() + prop, self.eps, self.perturb_mode)
+            flat = e.permute(1, 0, 2).reshape(n, -1)
+            if users is None:
+                prop = (self.user_item @ flat).reshape(self.n_users, views, d).permute(1, 0, 2)
+                eu = prop + perturb(sem[:self.n_users].detach() + prop, self.eps, self.perturb_mode)
+            else:  # the same uniform draw as for all users (same memory order), used at these rows only
+                uniform = torch.rand(self.n_users, views, d, device=sem.device).permute(1, 0, 2)[:, users]
+                prop = self.user_item.rows(users, flat).reshape(users.numel(), views, d).permute(1, 0, 2)
+                eu = prop + perturb(sem[:users.numel()].detach() + prop, self.eps, self.perturb_mode, uniform)
             return torch.cat([eu, e], dim=1)
 
     def fuse(self, b: torch.Tensor, sem: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -498,31 +569,43 @@ class SIGREC(GeneralRecommender):
     # --- losses --------------------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> tuple[torch.Tensor, ...]:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        b, sem, states = self.forward()
-        # the fusion gates are row-wise: evaluate them only on the batch's nodes
+        # every loss reads the batch's nodes only: B, the user semantics and the users' noise are
+        # computed for those rows (the same values as the full forward, at a fraction of its cost)
         nodes, where = torch.unique(torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True)
-        b_nodes = b[nodes]
-        z_nodes = self.fuse(b_nodes, {m: sem[m][nodes] for m in self.modal_names})
+        n_user_nodes = int(torch.searchsorted(nodes, self.n_users))
+        user_rows, item_rows = nodes[:n_user_nodes], nodes[n_user_nodes:] - self.n_users
+        b_nodes = self.behavior_rows(nodes)
+        x = self.item_inputs()
+        sem_nodes, states, sem_users_items = {}, {}, {}
+        for m in self.modal_names:
+            s_items = x[m]
+            states[m] = []
+            for _ in range(self.n_mm_layers):
+                s_items = self.sem_graphs[m] @ s_items
+                states[m].append(s_items)
+            sem_users_items[m] = torch.cat([self.user_item.rows(user_rows, s_items), s_items])  # [batch users; all items]
+            sem_nodes[m] = torch.cat([sem_users_items[m][:n_user_nodes], s_items[item_rows]])
+        z_nodes = self.fuse(b_nodes, sem_nodes)
         fu, fp, fn = (b_nodes + z_nodes)[where].split(users.shape[0])
         bpr = self.bpr((fu * fp).sum(-1), (fu * fn).sum(-1))
         reg = 0.5 * (fu.pow(2).sum() + fp.pow(2).sum() + fn.pow(2).sum()) / users.shape[0]
         zero = bpr.new_zeros(())
         uu = self._contrast_nodes(torch.unique(users))
         ii = self._contrast_nodes(torch.unique(pos)) + self.n_users
+        at_u, at_i = torch.searchsorted(nodes, uu), torch.searchsorted(nodes, ii)
         pert = anchor = align = zero
         if self.cl_weight > 0:
-            pert = zero
             for m in self.modal_names:
-                e = self.noise_offsets(m, sem[m], states[m])
-                for idx in (uu, ii):
-                    clean = sem[m][idx]
-                    pert = pert + info_nce(clean + e[0, idx], clean + e[1, idx], self.tau)
+                e = self.noise_offsets(m, sem_users_items[m], states[m], users=user_rows)
+                e = torch.cat([e[:, :n_user_nodes], e[:, n_user_nodes:][:, item_rows]], dim=1)  # node-aligned
+                for at in (at_u, at_i):
+                    clean = sem_nodes[m][at]
+                    pert = pert + info_nce(clean + e[0, at], clean + e[1, at], self.tau)
         if self.anchor_weight > 0:
-            anchor = self._anchor_loss(b, sem, uu) + self._anchor_loss(b, sem, ii)
+            anchor = self._anchor_loss(b_nodes, sem_nodes, at_u) + self._anchor_loss(b_nodes, sem_nodes, at_i)
         if self.align_weight > 0:
             target = b_nodes.detach() if self.align_detach else b_nodes
-            for idx in (uu, ii):
-                at = torch.searchsorted(nodes, idx)
+            for at in (at_u, at_i):
                 align = align + info_nce(z_nodes[at], target[at], self.tau)
         return (bpr + self.reg_weight * reg, self.cl_weight * pert, self.anchor_weight * anchor,
                 self.align_weight * align)

@@ -18,6 +18,8 @@ from utils.errors import ConfigError
 class VBPR(GeneralRecommender):
     """Visual(-textual) Bayesian personalised ranking."""
 
+    cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         self.embedding_dim = int(config["embedding_size"])

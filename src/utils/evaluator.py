@@ -11,6 +11,7 @@ from utils.dataloader import EvalDataLoader
 from utils.metrics import hit_matrix, mean_metrics, per_user_metrics
 
 MASK_VALUE = -1e10
+CPU_SCORE_BLOCK = 1 << 20  # scores per CPU block (4 MB)
 
 
 @dataclass
@@ -24,41 +25,35 @@ class EvalResult:
         self.mean = mean_metrics(self.per_user)
 
 
-def exact_topk(scores: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
-    """Column indices of the k largest scores of every row, best first (same values as torch.topk).
-
-    Two passes instead of a selection over every score: the maximum of each run of ``block``
-    columns, the k runs with the largest maxima, then the top k among their columns (plus the
-    ragged tail). Exact: a score outside those runs is at most the k-th largest run maximum, so
-    at least k chosen scores are not smaller. About 3x faster than torch.topk over 18k items."""
-    rows, n = scores.shape
-    n_blocks = n // block
-    if n_blocks <= 2 * k or scores.stride(1) != 1:
-        return torch.topk(scores, k, dim=1).indices
-    runs = scores.as_strided((rows, n_blocks, block), (scores.stride(0), block, 1))
-    best_runs = torch.topk(runs.amax(dim=2), k, dim=1).indices  # [rows, k]
-    offsets = torch.arange(block, device=scores.device)
-    cols = (best_runs[:, :, None] * block + offsets).reshape(rows, -1)
-    if n > n_blocks * block:
-        tail = torch.arange(n_blocks * block, n, device=scores.device)
-        cols = torch.cat([cols, tail.expand(rows, -1)], dim=1)
-    picked = torch.topk(scores.gather(1, cols), k, dim=1).indices
-    return cols.gather(1, picked)
+def score_block_rows(model: torch.nn.Module, n_items: int, device: Any) -> int | None:
+    """Users per scoring call on the CPU: a block of about ``CPU_SCORE_BLOCK`` scores, which stays
+    in cache between the product and the top-k (about 1.7x faster on Sports than 4,096 users at
+    once, whose 300 MB of scores are also fresh pages every batch). None: one call per batch (GPU,
+    or a model whose ``full_sort_predict`` recomputes its representations on every call)."""
+    if torch.device(device).type != "cpu" or not getattr(model, "cached_scoring", False):
+        return None
+    return max(1, CPU_SCORE_BLOCK // max(1, n_items))
 
 
 def rank_topk(model: torch.nn.Module, loader: EvalDataLoader, k: int, device: Any) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item IDs [U, k] for every evaluated user, in the loader's user order."""
     k = min(k, loader.n_items)
     users_all, topk_all = [], []
+    block = score_block_rows(model, loader.n_items, device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for users, mask_rows, mask_cols in loader:
-                scores = model.full_sort_predict((users.to(device),))
-                scores = scores.view(users.numel(), -1)
-                scores[mask_rows.to(scores.device), mask_cols.to(scores.device)] = MASK_VALUE
-                topk_all.append(exact_topk(scores, k).cpu().numpy())
+                step = block or users.numel()
+                # mask rows come sorted by row: each block's masked entries are one slice
+                cuts = np.searchsorted(mask_rows.numpy(), np.arange(0, users.numel() + step, step))
+                for i, start in enumerate(range(0, users.numel(), step)):
+                    part = users[start:start + step]
+                    scores = model.full_sort_predict((part.to(device),)).view(part.numel(), -1)
+                    lo, hi = cuts[i], cuts[i + 1]
+                    scores[(mask_rows[lo:hi] - start).to(scores.device), mask_cols[lo:hi].to(scores.device)] = MASK_VALUE
+                    topk_all.append(torch.topk(scores, k, dim=1).indices.cpu().numpy())
                 users_all.append(users.numpy())
     finally:
         model.train(was_training)
