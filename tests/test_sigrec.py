@@ -215,6 +215,15 @@ def test_noise_offsets_equal_the_noisy_branch(ml100k) -> None:
         u = model.user_item @ s
         u = u + perturb(u, model.eps, model.perturb_mode)
     np.testing.assert_allclose((sem["v"] + offsets[0]).numpy(), torch.cat([u, s]).numpy(), atol=1e-5)
+    # some users only (as in training): the same random draws and values at those rows
+    users = torch.tensor([0, 5, 17, model.n_users - 1])
+    with torch.no_grad():
+        torch.manual_seed(6)
+        full = model.noise_offsets("v", sem["v"], states["v"])
+        torch.manual_seed(6)
+        part = model.noise_offsets("v", torch.cat([sem["v"][users], sem["v"][model.n_users:]]), states["v"], users=users)
+    assert torch.equal(part[:, :users.numel()], full[:, users])
+    assert torch.equal(part[:, users.numel():], full[:, model.n_users:])
 
 
 def test_scoring_is_deterministic_and_cached(ml100k) -> None:
@@ -336,3 +345,24 @@ def test_cl_max_nodes_subsamples_the_contrastive_sets(ml100k) -> None:
     full_losses = full.calculate_loss(batch)
     assert sub_losses[0].item() == full_losses[0].item()  # BPR untouched
     assert sub_losses[2].item() < full_losses[2].item()  # fewer negatives: a smaller InfoNCE
+
+
+def test_rows_only_training_equals_the_full_forward(ml100k, monkeypatch) -> None:
+    """Training reads only the batch's rows of B and of the user semantics; sliced or full
+    products must give the same losses and gradients, bit for bit, for every loss term."""
+    import models.sigrec as sigrec_module
+
+    cfg, data = ml100k
+    batch = next(iter(data.train))
+    results = []
+    for share in (0.0, 1.0):  # 0: always the full product, 1: always the sliced one
+        monkeypatch.setattr(sigrec_module, "ROWS_MAX_SHARE", share)
+        torch.manual_seed(0)
+        model = SIGREC(cfg.point({"n_mm_layers": 2}), data.train)
+        torch.manual_seed(1)
+        losses = model.calculate_loss(batch)
+        sum(losses).backward()
+        results.append(([x.item() for x in losses], {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_full, grad_full), (loss_rows, grad_rows) = results
+    assert loss_full == loss_rows
+    assert all(torch.equal(grad_full[n], grad_rows[n]) for n in grad_full)

@@ -62,6 +62,7 @@ from common.loss import BPRLoss
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 CACHE_VERSION = "sigrec-graphs-v1"  # bump when a builder's output changes meaning
+ROWS_MAX_SHARE = 0.5  # rows-only products above this share of a graph's nonzeros use the full product
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +233,11 @@ class FrozenGraph:
         return _SpMM.apply(self.a, self.a_t, x) if x.requires_grad else torch.sparse.mm(self.a, x)
 
     def rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only."""
+        """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only; when they hold
+        most of the nonzeros (small graphs), the full product is cheaper than slicing."""
+        crow = self.a.crow_indices()
+        if (crow[rows + 1] - crow[rows]).sum() > ROWS_MAX_SHARE * self.a.values().numel():
+            return (self @ x)[rows]
         return _RowsSpMM.apply(self.a, self.a_t, rows, x) if x.requires_grad else \
             torch.sparse.mm(csr_rows(self.a, rows), x)
 
