@@ -11,7 +11,7 @@ from utils.dataloader import EvalDataLoader
 from utils.metrics import hit_matrix, mean_metrics, per_user_metrics
 
 MASK_VALUE = -1e10
-CPU_SCORE_BLOCK = 1 << 20  # scores per CPU block (4 MB)
+CPU_SCORE_BLOCK = 1 << 19  # scores per CPU block (2 MB, one L2 cache here)
 
 
 @dataclass
