@@ -34,7 +34,9 @@ Our design choices (each has a config switch; defaults first):
 
 Implementation notes: the two perturbed views are computed as the clean branch plus a
 gradient-free noise offset (exactly equal, since propagation is linear and the noise carries no
-gradient), and the contrastive losses use a fused softmax kernel; both only save time.
+gradient); the contrastive losses use a fused softmax kernel; a training step computes B's last
+layer and the user semantics for the batch's rows only, on large graphs (the same losses and
+gradients, bit for bit, as the full forward). All of these only save time.
 
 The module only imports torch, numpy, scipy, the standard library and ``common.*`` so it can be
 dropped into an MMRec checkout. Frozen graphs (kNN per modality, co-interaction C) are built
