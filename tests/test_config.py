@@ -79,3 +79,14 @@ def test_data_path_is_resolved_from_src_whatever_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = Config("LightGCN", "ml100k")
     assert cfg["data_path"] == str((SRC_DIR.parent / "data").resolve()) + "/"
+
+
+def test_point_key_ignores_later_keys_at_their_neutral_value():
+    """A key added later (SIGREC's cl_max_nodes) must not orphan earlier records at its neutral
+    value, and must change the key at any other value."""
+    from utils.results import point_key
+
+    base = {"model": "SIGREC", "perturb_eps": 0.2, "seed": 999}
+    assert point_key({**base, "cl_max_nodes": 0}) == point_key(base)
+    assert point_key({**base, "cl_max_nodes": 256}) != point_key(base)
+    assert point_key({**base, "device": "cuda"}) == point_key(base)  # volatile keys never count

@@ -26,9 +26,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# Keys added after results were recorded, with the value that reproduces the old behaviour exactly:
+# at that value they stay out of the key, so earlier records still match (and are not rerun).
+NEUTRAL_DEFAULTS = {"cl_max_nodes": 0}  # SIGREC: 0 = every batch node in the InfoNCE terms
+
+
 def point_key(config: dict) -> str:
     """A stable hash of everything in a point's config that can change its result."""
-    body = {k: _jsonable(v) for k, v in config.items() if k not in VOLATILE_KEYS}
+    body = {k: _jsonable(v) for k, v in config.items()
+            if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
