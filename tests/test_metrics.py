@@ -121,3 +121,16 @@ def test_blocked_scoring_equals_one_call_per_batch(monkeypatch):
     assert plain.calls == len(loader) and blocked.calls == sum((len(b[0]) + 1) // 2 for b in loader)
     mask = loader.mask.toarray()
     assert not mask[u2[:, None], top2].any()  # no training item is ranked
+
+
+@pytest.mark.parametrize("small", [0, 1, 4, 100])
+def test_hit_matrix_paths_agree_with_a_dense_lookup(small):
+    """The padded comparison (few truth items) and the code search (many) give the same hits."""
+    rng = np.random.default_rng(small)
+    n_users, n_items = 60, 40
+    dense = rng.random((n_users, n_items)) < rng.choice([0.02, 0.3], size=(n_users, 1))
+    dense[5] = False  # a user without truth
+    truth = sp.csr_matrix(dense)
+    users = rng.permutation(n_users)[:50]
+    top = np.stack([rng.permutation(n_items)[:10] for _ in users])
+    assert np.array_equal(hit_matrix(top, users, truth, small=small), dense[users[:, None], top])

@@ -11,15 +11,34 @@ import scipy.sparse as sp
 METRICS = ("recall", "ndcg", "precision", "map")
 
 
-def hit_matrix(topk_items: np.ndarray, users: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
-    """Boolean [U, K]: whether the item at each rank is in the user's ground truth."""
-    n_items = truth.shape[1]
-    rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))
-    truth_codes = np.sort(rows.astype(np.int64) * n_items + truth.indices)
-    codes = users[:, None].astype(np.int64) * n_items + topk_items
-    pos = np.searchsorted(truth_codes, codes)
-    pos[pos == truth_codes.size] = 0
-    return truth_codes[pos] == codes
+def hit_matrix(topk_items: np.ndarray, users: np.ndarray, truth: sp.csr_matrix,
+               small: int = 4) -> np.ndarray:
+    """Boolean [U, K]: whether the item at each rank is in the user's ground truth.
+
+    Users with at most ``small`` truth items (most of them, in a validation or test split) are
+    compared directly against their padded truth; the others by a search in the sorted
+    (user, item) codes of the truth."""
+    users = np.asarray(users, dtype=np.int64)
+    topk_items = np.asarray(topk_items, dtype=np.int64)
+    hits = np.zeros(topk_items.shape, dtype=bool)
+    if users.size == 0:
+        return hits
+    counts = np.diff(truth.indptr)[users]
+    few = counts <= small
+    if few.any():
+        offsets = np.arange(small)
+        at = truth.indptr[users[few]][:, None] + offsets
+        padded = np.where(offsets < counts[few][:, None], truth.indices[np.minimum(at, truth.indices.size - 1)], -1)
+        hits[few] = (topk_items[few][:, :, None] == padded[:, None, :]).any(axis=2)
+    if not few.all():
+        n_items = truth.shape[1]
+        rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))
+        truth_codes = np.sort(rows.astype(np.int64) * n_items + truth.indices)
+        codes = users[~few, None] * n_items + topk_items[~few]
+        pos = np.searchsorted(truth_codes, codes)
+        pos[pos == truth_codes.size] = 0
+        hits[~few] = truth_codes[pos] == codes
+    return hits
 
 
 def per_user_metrics(hits: np.ndarray, n_truth: np.ndarray, metrics: list[str],
