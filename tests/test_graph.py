@@ -11,7 +11,7 @@ import torch
 
 from common.contrastive import info_nce
 from utils import graph
-from utils.graph import (cached_knn, csr_columns_symmetric, csr_rows, degree_sensitive_prune, edge_adjacency,
+from utils.graph import (cached_knn, csr_columns, csr_rows, degree_sensitive_prune, edge_adjacency,
                          knn_graph, lightgcn, lightgcn_at, normalized_adjacency, spmm, sym_normalize,
                          to_torch_csr, transpose_csr)
 
@@ -199,7 +199,7 @@ def test_csr_row_and_column_slices_match_dense() -> None:
     rows = torch.tensor([0, 3, 4, 10, 15])
     assert torch.equal(csr_rows(adj, rows).to_dense(), dense[rows])
     assert torch.equal(csr_rows(adj, torch.tensor([15, 0])).to_dense(), dense[[15, 0]])  # any order
-    assert torch.equal(csr_columns_symmetric(adj, rows).to_dense(), dense[:, rows])
+    assert torch.equal(csr_columns(adj, rows).to_dense(), dense[:, rows])
     assert csr_rows(adj, torch.tensor([], dtype=torch.long)).shape == (0, 16)
 
 

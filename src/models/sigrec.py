@@ -519,13 +519,16 @@ class SIGREC(GeneralRecommender):
                 if self.item_gate is not None else p
         return out
 
-    def semantic(self, m: str, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Clean S^m = [R̃ s_i; s_i] with s_i = (S̄^m)^L x, and the item states after each step."""
+    def semantic(self, m: str, x: torch.Tensor,
+                 users: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Clean S^m = [R̃ s_i; s_i] with s_i = (S̄^m)^L x, and the item states after each step.
+        With ``users`` (sorted, unique), only those users' rows sit above all the items."""
         states, s = [], x
         for _ in range(self.n_mm_layers):
             s = self.sem_graphs[m] @ s
             states.append(s)
-        return torch.cat([self.user_item @ s, s]), states
+        user_part = self.user_item @ s if users is None else self.user_item.rows(users, s)
+        return torch.cat([user_part, s]), states
 
     def noise_offsets(self, m: str, sem: torch.Tensor, states: list[torch.Tensor], views: int = 2,
                       users: torch.Tensor | None = None) -> torch.Tensor:
@@ -584,14 +587,9 @@ class SIGREC(GeneralRecommender):
         b_nodes = self.behavior_rows(nodes)
         x = self.item_inputs()
         sem_nodes, states, sem_users_items = {}, {}, {}
-        for m in self.modal_names:
-            s_items = x[m]
-            states[m] = []
-            for _ in range(self.n_mm_layers):
-                s_items = self.sem_graphs[m] @ s_items
-                states[m].append(s_items)
-            sem_users_items[m] = torch.cat([self.user_item.rows(user_rows, s_items), s_items])  # [batch users; all items]
-            sem_nodes[m] = torch.cat([sem_users_items[m][:n_user_nodes], s_items[item_rows]])
+        for m in self.modal_names:  # [batch users; all items], then the batch's nodes
+            sem_users_items[m], states[m] = self.semantic(m, x[m], user_rows)
+            sem_nodes[m] = torch.cat([sem_users_items[m][:n_user_nodes], sem_users_items[m][n_user_nodes:][item_rows]])
         z_nodes = self.fuse(b_nodes, sem_nodes)
         fu, fp, fn = (b_nodes + z_nodes)[where].split(users.shape[0])
         bpr = self.bpr((fu * fp).sum(-1), (fu * fn).sum(-1))

@@ -90,19 +90,19 @@ def csr_rows(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
                                    size=(rows.numel(), adj.shape[1]), check_invariants=False)
 
 
-def csr_columns_symmetric(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """A[:, rows] = (A[rows, :])^T of a *symmetric* torch CSR matrix, as torch CSR; ``rows`` must
-    be sorted and unique. One pass over the nonzeros, no sort."""
+def csr_columns(adj: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """A[:, cols] of a torch CSR matrix, as torch CSR; ``cols`` sorted and unique. One pass over
+    the nonzeros, no sort. For a symmetric A this is (A[cols, :])^T."""
     crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
     local = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
-    local[rows] = torch.arange(rows.numel(), dtype=col.dtype, device=col.device)
+    local[cols] = torch.arange(cols.numel(), dtype=col.dtype, device=col.device)
     mapped = local[col]
     keep = mapped >= 0
     kept_before = torch.zeros(col.numel() + 1, dtype=torch.int64, device=col.device)
     torch.cumsum(keep, 0, out=kept_before[1:])
     pick = keep.nonzero().squeeze(1)
     return torch.sparse_csr_tensor(kept_before[crow].to(crow.dtype), mapped[pick], val[pick],
-                                   size=(adj.shape[0], rows.numel()), check_invariants=False)
+                                   size=(adj.shape[0], cols.numel()), check_invariants=False)
 
 
 ROWS_SPMM_MAX_SHARE = 0.5  # above this share of the nonzeros, a full product is cheaper than slicing
@@ -120,7 +120,7 @@ class _RowsSpMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_self: torch.Tensor, grad_prop: torch.Tensor):
-        grad = torch.sparse.mm(csr_columns_symmetric(ctx.adj, ctx.rows), grad_prop)
+        grad = torch.sparse.mm(csr_columns(ctx.adj, ctx.rows), grad_prop)  # A symmetric: Aᵀ[:, rows]
         grad[ctx.rows] += grad_self  # rows are unique: a plain, deterministic add
         return None, None, grad
 
