@@ -158,6 +158,37 @@ def test_anchor_infonce_lower_when_matched() -> None:
     assert matched < shuffled - 1.0
 
 
+def _reference_contrast(anchor: torch.Tensor, views: list[torch.Tensor], tau: float) -> torch.Tensor:
+    """Plain autograd: -1/(n|M|) Σ_k Σ_m log softmax over [all rows of every view]."""
+    a = torch.nn.functional.normalize(anchor, dim=-1)
+    s = torch.nn.functional.normalize(torch.cat(views), dim=-1)
+    logp = torch.log_softmax(a @ s.t() / tau, dim=1)
+    n = a.shape[0]
+    return -torch.stack([logp[torch.arange(n), torch.arange(n) + m * n] for m in range(len(views))]).mean()
+
+
+@pytest.mark.parametrize("n_views", [1, 2])
+def test_fused_contrast_equals_autograd(n_views: int) -> None:
+    """The fused softmax kernel against plain autograd: loss and both gradients; a detached side
+    gets no gradient (and costs no product)."""
+    torch.manual_seed(3)
+    n, tau = 300, 0.2
+    base = torch.randn(n, 16)
+    anchor = (base + 0.5 * torch.randn(n, 16)).requires_grad_()
+    views = [(base + 0.5 * torch.randn(n, 16)).requires_grad_() for _ in range(n_views)]
+    fused = anchor_info_nce(anchor, views, tau) if n_views > 1 else info_nce(anchor, views[0], tau)
+    grads = torch.autograd.grad(fused, [anchor, *views])
+    ref = _reference_contrast(anchor, views, tau)
+    ref_grads = torch.autograd.grad(ref, [anchor, *views])
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-6)
+    for g, r in zip(grads, ref_grads):
+        assert (g - r).norm() <= 1e-5 * r.norm()
+    detached = info_nce(anchor.detach(), views[0], tau)
+    (grad_view,) = torch.autograd.grad(detached, [views[0]])
+    ref_view = torch.autograd.grad(_reference_contrast(anchor.detach(), views[:1], tau), [views[0]])[0]
+    assert (grad_view - ref_view).norm() <= 1e-5 * ref_view.norm()
+
+
 # --- the model ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ml100k(tmp_path_factory):

@@ -273,7 +273,8 @@ class _Contrast(torch.autograd.Function):
 
     Cosines are at most 1, so exp(logit - 1/τ) <= 1 needs no max-shift; the shift is fused into
     the matmul, the exponentials are taken in place and reused as the softmax in the backward:
-    three passes over the [n, n·n_pos] buffer instead of autograd's eight or so."""
+    three passes over the [n, n·n_pos] buffer instead of autograd's eight or so. A side that
+    needs no gradient (a detached anchor or target) costs no backward product."""
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, tau: float, n_pos: int) -> torch.Tensor:
@@ -289,13 +290,14 @@ class _Contrast(torch.autograd.Function):
         return rowsum.log().mean() - pos.mean()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         a, b = ctx.saved_tensors
         scale = grad / (a.shape[0] * ctx.tau)
         p = ctx.expo.mul_((scale / ctx.rowsum)[:, None])  # softmax · grad/(nτ), in place
         p.scatter_add_(1, ctx.cols, (-scale / ctx.n_pos).expand(ctx.cols.shape).contiguous())
         ctx.expo = ctx.rowsum = None
-        return p @ b, p.t() @ a, None, None
+        need_a, need_b = ctx.needs_input_grad[:2]  # a detached side (anchor, target) costs no product
+        return p @ b if need_a else None, p.t() @ a if need_b else None, None, None
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
