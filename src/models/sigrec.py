@@ -279,8 +279,7 @@ class _Contrast(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, tau: float, n_pos: int) -> torch.Tensor:
         n = a.shape[0]
-        shift = a.new_full((1,), -1.0 / tau)
-        expo = torch.addmm(shift, a, b.t(), alpha=1.0 / tau)  # logits - 1/τ, all <= ~0
+        expo = a.new_full((n, b.shape[0]), -1.0 / tau).addmm_(a, b.t(), alpha=1.0 / tau)  # logits - 1/τ <= ~0
         cols = torch.arange(n, device=a.device)[:, None] + n * torch.arange(n_pos, device=a.device)[None, :]
         pos = expo.gather(1, cols)
         expo.exp_()
