@@ -1,13 +1,16 @@
 """SIGREC's ablation table at one grid point: each variant changes one switch (spec section 9).
+With ``--set choices``, the alternatives of the spec's design choices ([choice]) instead.
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
+    python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
 
 Other arguments go to every ``main.py`` run (e.g. ``--epochs 2`` for a smoke test).
 
 Every variant is a normal ``main.py`` run in its own folder under ``--output`` (default
 ``outputs/ablation``), so a rerun skips the variants already finished. The table (Markdown) goes to
 stdout and to ``<output>/ablation.md``; the records, each with its ``variant`` name, to
-``<output>/results.jsonl``. Selection is on validation; test metrics are reported.
+``<output>/results.jsonl`` (``choices.md`` and ``choices.jsonl`` for ``--set choices``; the two sets
+share the default's run). Selection is on validation; test metrics are reported.
 """
 from __future__ import annotations
 
@@ -29,6 +32,18 @@ VARIANTS: dict[str, list[str]] = {
     "no fusion alignment (`--align_weight 0`)": ["--align_weight", "0"],
     "image only (`--modalities image`)": ["--modalities", "image"],
     "text only (`--modalities text`)": ["--modalities", "text"],
+}
+CHOICES: dict[str, list[str]] = {  # the alternative of every [choice] in docs/sigrec-method.md
+    "SIGREC": [],
+    "binary kNN edges (`--knn_weight binary`)": ["--knn_weight", "binary"],
+    "binary co-interaction edges (`--cf_weight_mode binary`)": ["--cf_weight_mode", "binary"],
+    "additive infusion (`--infusion additive`)": ["--infusion", "additive"],
+    "infusion weight 0.1 (`--cf_weight 0.1`)": ["--cf_weight", "0.1"],
+    "infusion weight 0.5 (`--cf_weight 0.5`)": ["--cf_weight", "0.5"],
+    "plain projection as item input (`--item_input projection`)": ["--item_input", "projection"],
+    "plain mean fusion (`--fusion mean`)": ["--fusion", "mean"],
+    "gradient into the anchors (`--anchor_detach False`)": ["--anchor_detach", "False"],
+    "direct InfoNCE(s^v, s^t) (`--anchor_mode direct`)": ["--anchor_mode", "direct"],
 }
 SPEED_VARIANT = {"256 contrastive nodes (`--cl_max_nodes 256`, speed switch)": ["--cl_max_nodes", "256"]}
 
@@ -68,6 +83,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="variants trained at once (one thread each)")
     p.add_argument("--output", default=str(ROOT / "outputs" / "ablation"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", choices=["ablations", "choices"], default="ablations",
+                   help="the ablations of spec section 9, or the alternatives of its design choices")
     p.add_argument("--speed-variant", action="store_true", help="also run SIGREC with --cl_max_nodes 256")
     args, passthrough = p.parse_known_args()  # anything else goes to main.py (e.g. --epochs 2)
     try:
@@ -75,7 +92,7 @@ def main() -> None:
         point = [tok for key, value in pairs for tok in (f"--{key}", value)] + passthrough
     except ValueError:
         raise SystemExit(f"error: --point must look like key=value,key=value, not '{args.point}'") from None
-    variants = {**VARIANTS, **(SPEED_VARIANT if args.speed_variant else {})}
+    variants = CHOICES if args.set == "choices" else {**VARIANTS, **(SPEED_VARIANT if args.speed_variant else {})}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
@@ -83,8 +100,9 @@ def main() -> None:
                              variants.items()))
     rows[0]["variant"] = "SIGREC (" + ", ".join(f"{k} {v}" for k, v in pairs) + ")"
     text = table(rows)
-    (out / "ablation.md").write_text(text + "\n", encoding="utf-8")
-    with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
+    table_name, records_name = ("choices.md", "choices.jsonl") if args.set == "choices" else ("ablation.md", "results.jsonl")
+    (out / table_name).write_text(text + "\n", encoding="utf-8")
+    with open(out / records_name, "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps({k: v for k, v in r.items() if k != "history"}) + "\n")
     print(text)

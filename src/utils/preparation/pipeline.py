@@ -113,6 +113,17 @@ def _write_interactions(rows: list, maps: IdMaps, opts: PrepareOptions, folder: 
     return [inter_path, *write_id_maps(maps, folder)]
 
 
+def _count_missing(items: list, found: dict, bad_lines: int, what: str, line_kind: str, stats: dict,
+                   opts: PrepareOptions) -> None:
+    """Count the items without a ``what`` record (they get an empty sentence) and skipped lines."""
+    missing = sum(1 for i in items if i not in found)
+    stats[f"items without {what}"] = missing
+    if bad_lines:
+        stats[f"malformed {line_kind} lines skipped"] = bad_lines
+    if missing:
+        opts.log(f"warning: {missing} of {len(items)} items have no {what} (empty text)")
+
+
 def _encode_text(sentences: list[str], encoder: feat.TextEncoder | None, opts: PrepareOptions) -> tuple[np.ndarray, str]:
     if encoder is None:
         opts.log("loading the text encoder (all-MiniLM-L6-v2)")
@@ -185,12 +196,7 @@ def prepare_amazon(
     opts.log(f"reading meta {meta}")
     meta_map, bad_meta = read_meta(meta, set(maps.items), opts.skip_bad_lines)
     asins = list(maps.items)  # sorted ASIN order = itemID order
-    no_meta = sum(1 for a in asins if a not in meta_map)
-    stats["items without metadata"] = no_meta
-    if bad_meta:
-        stats["malformed meta lines skipped"] = bad_meta
-    if no_meta:
-        opts.log(f"warning: {no_meta} of {len(asins)} items have no metadata (empty text)")
+    _count_missing(asins, meta_map, bad_meta, "metadata", "meta", stats, opts)
     text, text_desc = _encode_text([feat.build_sentence(meta_map.get(a)) for a in asins], text_encoder, opts)
     stats["text features"] = text_desc
     files.append(_save_npy(text, folder / TEXT_FILE))
@@ -239,12 +245,7 @@ def prepare_generic(
 
     texts, bad = read_item_text_csv(item_text, opts.skip_bad_lines)
     items = list(maps.items)
-    no_text = sum(1 for i in items if i not in texts)
-    stats["items without text"] = no_text
-    if bad:
-        stats["malformed item-text lines skipped"] = bad
-    if no_text:
-        opts.log(f"warning: {no_text} of {len(items)} items have no text (empty sentence)")
+    _count_missing(items, texts, bad, "text", "item-text", stats, opts)
     text, text_desc = _encode_text([texts.get(i, "") for i in items], text_encoder, opts)
     stats["text features"] = text_desc
     files.append(_save_npy(text, folder / TEXT_FILE))
