@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from common.trainer import Trainer  # noqa: E402
@@ -67,6 +69,8 @@ def main() -> None:
         for spec, trainer, train in runs:
             start = time.perf_counter()
             trainer._train_epoch(train, rep)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # kernels still queued belong to this epoch
             if rep:
                 times[spec].append(time.perf_counter() - start)
     reference = statistics.median(times[args.configs[0]])
