@@ -22,9 +22,6 @@ def init_seed(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
-    # deterministic mode also fills every new tensor with NaN, a debugging aid that costs an extra
-    # memory pass per allocation; every kernel here writes its whole output (results unchanged)
-    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = False
 
