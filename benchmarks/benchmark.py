@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import sys
 import tempfile
@@ -31,11 +32,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def benchmark(model: str, dataset: str, overrides: dict, device: str | None) -> dict:
+def warnings_only_logging() -> None:
+    """No log file, no progress bars, warnings and errors only: the benchmark prints its own table."""
+    init_logger(None, quiet=True)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def point_config(model: str, dataset: str, overrides: dict, device: str | None) -> Config:
+    """One quiet grid point: keys not fixed by ``overrides`` take their first grid value."""
     config = Config(model, dataset, overrides)
     config["device"] = resolve_device(device, config["use_gpu"])
     config["quiet"] = True
-    cfg = config.point({k: config[k][0] for k in config.grid_keys})
+    return config.point({k: config[k][0] for k in config.grid_keys})
+
+
+def benchmark(model: str, dataset: str, overrides: dict, device: str | None) -> dict:
+    cfg = point_config(model, dataset, overrides, device)
     t0 = time.perf_counter()
     data = load_data(cfg)
     load_s = time.perf_counter() - t0
@@ -44,7 +56,7 @@ def benchmark(model: str, dataset: str, overrides: dict, device: str | None) -> 
         rec = train_point(cfg, data, Path(tmp))
     return {
         "model": model, "dataset": dataset, "device": str(cfg["device"]),
-        "parameters": {k: cfg[k] for k in config.grid_keys},
+        "parameters": {k: cfg[k] for k in cfg.grid_keys},
         "seconds_per_epoch": rec.get("seconds_per_epoch"), "seconds_per_eval": rec.get("seconds_per_eval"),
         "epochs_run": rec.get("epochs_run"), "best_epoch": rec.get("best_epoch"),
         "early_stopped": rec.get("epochs_run", 0) < int(cfg["epochs"]),
@@ -61,9 +73,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also append the result as a JSON line to this file")
     args, extra = p.parse_known_args()
-    init_logger(None, quiet=True)
-    import logging
-    logging.getLogger().setLevel(logging.WARNING)
+    warnings_only_logging()
     try:
         res = benchmark(args.model, args.dataset, parse_overrides(extra), args.device)
     except HarnessError as exc:

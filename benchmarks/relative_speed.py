@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark import point_config, warnings_only_logging  # noqa: E402
 from common.trainer import Trainer  # noqa: E402
 from main import parse_overrides  # noqa: E402
-from utils.configurator import Config  # noqa: E402
 from utils.errors import HarnessError  # noqa: E402
-from utils.logger import init_logger  # noqa: E402
 from utils.quick_start import load_data  # noqa: E402
-from utils.utils import get_model, init_seed, resolve_device  # noqa: E402
+from utils.utils import get_model, init_seed  # noqa: E402
 
 
 def build(spec: str, dataset: str, common: dict, device: str) -> tuple[Trainer, object]:
@@ -37,10 +37,7 @@ def build(spec: str, dataset: str, common: dict, device: str) -> tuple[Trainer, 
     tokens = shlex.split(spec)
     if not tokens:
         raise SystemExit("error: an empty configuration; write e.g. \"LightGCN --n_layers 1\"")
-    config = Config(tokens[0], dataset, {**common, **parse_overrides(tokens[1:])})
-    config["device"] = resolve_device(device, config["use_gpu"])
-    config["quiet"] = True
-    cfg = config.point({k: config[k][0] for k in config.grid_keys})
+    cfg = point_config(tokens[0], dataset, {**common, **parse_overrides(tokens[1:])}, device)
     data = load_data(cfg)
     init_seed(int(cfg["seed"]), cfg["deterministic"] is not False)
     data.train.pretrain_setup(int(cfg["seed"]))
@@ -56,9 +53,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--reps", type=int, default=3, help="timed epochs per configuration (default 3)")
     args = p.parse_args()
-    init_logger(None, quiet=True)
-    import logging
-    logging.getLogger().setLevel(logging.WARNING)
+    warnings_only_logging()
     common = {"data_path": args.data_path} if args.data_path else {}
     try:
         runs = [(spec, *build(spec, args.dataset, common, args.device)) for spec in args.configs]
