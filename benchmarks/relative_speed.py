@@ -7,7 +7,9 @@ median seconds per training epoch and its ratio to the first configuration.
         "SIGREC --perturb_eps 0.2 --cl_weight 0.01 --anchor_weight 0.01 --align_weight 0.01"
 
 Each configuration is "MODEL --key value ..."; grid keys not fixed take their first value. Epochs run
-through the harness's own trainer (optimiser, loss checks) after one warm-up epoch each; threads
+through the harness's own trainer (``Trainer.run_epoch``: the model's ``pre_epoch_processing`` hook,
+e.g. FREEDOM's graph pruning, the batches and the scheduler step, as MMRec times an epoch) after one
+warm-up epoch each; threads
 follow OMP_NUM_THREADS. For absolute figures with evaluation and memory, use benchmark.py.
 """
 from __future__ import annotations
@@ -16,10 +18,7 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,12 +61,9 @@ def main() -> None:
     times: dict[str, list[float]] = {spec: [] for spec in args.configs}
     for rep in range(args.reps + 1):  # round 0 warms up every configuration
         for spec, trainer, train in runs:
-            start = time.perf_counter()
-            trainer._train_epoch(train, rep)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()  # kernels still queued belong to this epoch
+            _, seconds = trainer.run_epoch(train, rep)  # as in training: hook, batches, scheduler
             if rep:
-                times[spec].append(time.perf_counter() - start)
+                times[spec].append(seconds)
     reference = statistics.median(times[args.configs[0]])
     print(f"| {args.dataset} | s/epoch (median of {args.reps}) | × first | all |\n|---|---|---|---|")
     for spec in args.configs:

@@ -397,3 +397,32 @@ def test_rows_only_training_equals_the_full_forward(ml100k, monkeypatch) -> None
     (loss_full, grad_full), (loss_rows, grad_rows) = results
     assert loss_full == loss_rows
     assert all(torch.equal(grad_full[n], grad_rows[n]) for n in grad_full)
+
+
+def test_align_detach_stops_every_path_into_b(ml100k, monkeypatch) -> None:
+    """With align_detach, L_align's gradient equals that of the same term with B detached
+    everywhere (the fusion gate included): the user embeddings get exactly zero, and the item
+    embeddings only the semantic branch's share. Without it, B does get a gradient."""
+    cfg, data = ml100k
+    batch = next(iter(data.train))
+    point = cfg.point({"cl_weight": 0.0, "anchor_weight": 0.0, "align_weight": 0.1})
+
+    def align_grads(detach: bool, b_detached_everywhere: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = SIGREC(point.point({"align_detach": detach}), data.train)
+        if b_detached_everywhere:
+            rows = model.behavior_rows
+            monkeypatch.setattr(model, "behavior_rows", lambda nodes: rows(nodes).detach())
+        model.calculate_loss(batch)[3].backward()
+        return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                for n, p in model.named_parameters()}
+
+    got, ref = align_grads(True, False), align_grads(True, True)
+    assert got.keys() == ref.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-8, msg=name)
+    assert torch.count_nonzero(got["user_embedding.weight"]) == 0
+    assert got["item_embedding.weight"].abs().sum() > 0        # the semantic branch (gated input)
+    assert got["fusion_gate.v.weight"].abs().sum() > 0           # W_g still learns from L_align
+    leaky = align_grads(False, False)
+    assert leaky["user_embedding.weight"].abs().sum() > 0

@@ -133,3 +133,118 @@ def test_grid_resumes_after_interruption(tmp_path):
     again = subprocess.run(cmd + ["--rerun"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already finished" not in again.stdout
     assert len(results.read_text().splitlines()) == 4
+
+
+def test_early_stopping_on_rounded_metrics_as_mmrec(ml100k_data, tmp_path, monkeypatch):
+    """MMRec rounds metrics to 4 decimals before comparing: a gain under 5e-5 neither resets the
+    patience nor moves the best epoch. This scripted history is split by the two rules."""
+    from common.trainer import Trainer
+    from utils.evaluator import EvalResult
+
+    script = [0.30000, 0.30004, 0.30003, 0.30004, 0.30002, 0.30001, 0.30002, 0.30001]
+    # raw rule: best epoch 1 (a gain of 4e-5), stops at epoch 4; rounded: all 0.3000, best 0, stop 3
+    best, step, raw = -np.inf, 0, []
+    for value in script:
+        best, step, stop, improved = early_stopping(value, best, step, max_step=2)
+        raw.append((improved, stop))
+    assert [i for i, (imp, _) in enumerate(raw) if imp] == [0, 1] and raw[4][1]
+
+    valid_calls = iter(script)
+
+    def scripted(self, loader):  # validation follows the script; test always scores 0.5
+        value = next(valid_calls) if loader is ml100k_data.valid else 0.5
+        return EvalResult(np.array([0]), {"recall@20": np.array([value])}, 4)
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
+    cfg = make_config("BPR", epochs=len(script), stopping_step=2)
+    rec = train_point(cfg, ml100k_data, tmp_path)
+    assert rec["best_epoch"] == 0
+    assert rec["epochs_run"] == 4                        # stopped at epoch 3 (0-based)
+    assert [h["valid_score"] for h in rec["history"]] == [0.3] * 4   # logged rounded, as MMRec
+    assert rec["valid"]["recall@20"] == 0.3
+
+
+def test_interrupted_point_resumes_to_the_same_metrics(ml100k_data, tmp_path):
+    """Stopped mid-training (after a checkpoint) and run again, a point ends with exactly the
+    metrics, history and best epoch of an uninterrupted run; its seconds count both runs."""
+    cfg = make_config("LightGCN", epochs=6, n_layers=1, checkpoint_interval=1)
+    whole = train_point(cfg, ml100k_data, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch, score):
+        if epoch == 3:
+            raise Stop
+
+    folder = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train_point(cfg, ml100k_data, folder, on_eval=interrupt)
+    assert (folder / "resume.pt").exists()
+    state = torch.load(folder / "resume.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 3 and state["seconds"] > 0
+    resumed = train_point(cfg, ml100k_data, folder)
+    for key in ("valid", "test", "best_epoch", "epochs_run"):
+        assert resumed[key] == whole[key], key
+    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(whole["history"])
+    assert resumed["seconds"] >= state["seconds"]
+
+
+class _CudaPlaced:
+    """Stands for a tensor that ``torch.load(map_location='cuda')`` put on the GPU: torch refuses
+    it as an RNG state until it is moved back with ``.cpu()``."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.device = torch.device("cuda", 0)
+
+    def cpu(self):
+        return self.tensor
+
+
+def test_rng_state_restores_from_a_non_cpu_placement():
+    from common.trainer import rng_state, set_rng_state
+
+    state = rng_state()
+    expected = torch.rand(3)
+    with pytest.raises(TypeError):
+        torch.set_rng_state(_CudaPlaced(state["torch_rng"]))   # what broke resume on CUDA
+    set_rng_state({**state, "torch_rng": _CudaPlaced(state["torch_rng"])})
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_restore_reads_the_checkpoint_onto_the_cpu(ml100k_data, tmp_path, monkeypatch):
+    """Whatever map_location would have done, the trainer loads resume.pt onto the CPU."""
+    cfg = make_config("LightGCN", epochs=2, n_layers=1, checkpoint_interval=1)
+    folder = tmp_path / "p"
+
+    def stop(epoch, score):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_point(cfg, ml100k_data, folder, on_eval=stop)
+    seen = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    rec = train_point(cfg, ml100k_data, folder)
+    assert rec["status"] == "ok" and seen == ["cpu"]
+
+
+def test_unusable_resume_file_starts_afresh(ml100k_data, tmp_path, caplog):
+    cfg = make_config("LightGCN", epochs=2, n_layers=1)
+    clean = train_point(cfg, ml100k_data, tmp_path / "clean")
+    folder = tmp_path / "torn"
+    folder.mkdir()
+    (folder / "resume.pt").write_bytes(b"not a checkpoint")
+    with caplog.at_level("WARNING"):
+        rec = train_point(cfg, ml100k_data, folder)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cannot be resumed" in w and "afresh" in w for w in warnings)
+    assert rec["valid"] == clean["valid"] and rec["test"] == clean["test"]

@@ -2,6 +2,7 @@
 test only when validation improves, early stopping as in MMRec, NaN detection and resume."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -57,6 +58,26 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def rng_state() -> dict:
+    """Every RNG a training step may draw from: Python, numpy, torch's CPU and CUDA generators."""
+    state = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+             "python_rng": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()``'s output, whatever device its tensors were loaded onto
+    (``torch.set_rng_state`` takes only a CPU byte tensor)."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    cuda = state.get("cuda_rng")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in cuda])
+
+
 @dataclass
 class FitResult:
     """What one grid point's training produced."""
@@ -68,6 +89,7 @@ class FitResult:
     best_state: dict | None = None
     history: list = field(default_factory=list)
     epochs_run: int = 0
+    resumed_seconds: float = 0.0  # training seconds of earlier runs of this point (from resume.pt)
 
 
 class Trainer:
@@ -90,6 +112,17 @@ class Trainer:
         self.on_eval: Callable[[int, float], None] | None = None
 
     # --- one epoch -----------------------------------------------------------------------
+    def run_epoch(self, train_data: Any, epoch: int) -> tuple[float | tuple, float]:
+        """One training epoch as MMRec times it: ``pre_epoch_processing`` (e.g. FREEDOM's graph
+        pruning), the batches and the scheduler step. Returns (loss, seconds)."""
+        t0 = time.perf_counter()
+        self.model.pre_epoch_processing()
+        loss = self._train_epoch(train_data, epoch)
+        self.scheduler.step()
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels still queued belong to this epoch
+        return loss, time.perf_counter() - t0
+
     def _train_epoch(self, train_data: Any, epoch: int) -> float | tuple:
         self.model.train()
         total = None
@@ -125,41 +158,60 @@ class Trainer:
         return evaluate(self.model, loader, self.config)
 
     # --- resume --------------------------------------------------------------------------
-    def _state(self, epoch: int, fit: FitResult, cur_step: int, train_data: Any) -> dict:
+    def _state(self, epoch: int, fit: FitResult, cur_step: int, train_data: Any, seconds: float) -> dict:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "fit": fit, "cur_step": cur_step,
                 "loader": train_data.state_dict() if hasattr(train_data, "state_dict") else None,
-                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate()}
+                "seconds": seconds, **rng_state()}
 
     def _restore(self, path: Path, train_data: Any) -> tuple[int, FitResult, int]:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # Everything is read onto the CPU: load_state_dict copies weights and optimiser state to
+        # the parameters' device, and RNG states must stay CPU byte tensors.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["loader"] is not None and hasattr(train_data, "load_state_dict"):
             train_data.load_state_dict(state["loader"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_rng_state(state)
+        fit = state["fit"]
+        fit.resumed_seconds = float(state.get("seconds", 0.0))
         self.logger.info(f"resumed from {path} at epoch {state['epoch']}")
-        return state["epoch"], state["fit"], state["cur_step"]
+        return state["epoch"], fit, state["cur_step"]
+
+    def _restore_or_start(self, path: Path, train_data: Any) -> tuple[int, FitResult, int]:
+        """Resume from ``path``; an unusable file (torn, from other code, another model) starts the
+        point afresh with one warning, the model, optimiser, loader and RNGs as they were."""
+        before = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                  self.scheduler.state_dict(),
+                  train_data.state_dict() if hasattr(train_data, "state_dict") else None, rng_state())
+        try:
+            return self._restore(path, train_data)
+        except Exception as exc:  # noqa: BLE001 - any unusable checkpoint means: train from scratch
+            model_state, optim_state, sched_state, loader_state, rngs = before
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optim_state)
+            self.scheduler.load_state_dict(sched_state)
+            if loader_state is not None:
+                train_data.load_state_dict(loader_state)
+            set_rng_state(rngs)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.logger.warning(f"{path} cannot be resumed ({type(exc).__name__}: {reason}); "
+                                f"training this point afresh")
+            return 0, FitResult(), 0
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self, train_data: Any, valid_data: Any, test_data: Any, resume_path: Path | None = None) -> FitResult:
         fit, start, cur_step = FitResult(), 0, 0
         if resume_path is not None and Path(resume_path).exists():
-            start, fit, cur_step = self._restore(Path(resume_path), train_data)
+            start, fit, cur_step = self._restore_or_start(Path(resume_path), train_data)
+        began = time.perf_counter()
         interval = int(self.config["checkpoint_interval"] or 0)
         name = self.config["model"]
         epochs = progress(range(start, self.epochs), desc=name, initial=start, total=self.epochs,
                           disable=self.quiet)
         for epoch in epochs:
-            self.model.pre_epoch_processing()
-            t0 = time.perf_counter()
-            loss = self._train_epoch(train_data, epoch)
-            self.scheduler.step()
-            train_time = time.perf_counter() - t0
+            loss, train_time = self.run_epoch(train_data, epoch)
             record = {"epoch": epoch, "loss": sum(loss) if isinstance(loss, tuple) else loss,
                       "train_seconds": train_time}
             self.logger.info(f"epoch {epoch} training [time: {train_time:.2f}s, {self._loss_text(loss)}]")
@@ -194,5 +246,6 @@ class Trainer:
                 self.logger.info(f"+++++Finished training, best eval result in epoch {fit.best_epoch}")
                 break
             if interval and resume_path is not None and (epoch + 1) % interval == 0:
-                save_atomic(self._state(epoch + 1, fit, cur_step, train_data), Path(resume_path))
+                seconds = fit.resumed_seconds + time.perf_counter() - began
+                save_atomic(self._state(epoch + 1, fit, cur_step, train_data, seconds), Path(resume_path))
         return fit

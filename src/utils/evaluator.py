@@ -16,13 +16,20 @@ CPU_SCORE_BLOCK = 1 << 19  # scores per CPU block (2 MB, one L2 cache here)
 
 @dataclass
 class EvalResult:
-    """Mean metrics plus the per-user values they come from."""
+    """Mean metrics plus the per-user values they come from.
+
+    ``decimals`` rounds the means as MMRec does (``metric_decimal_place``, 4): early stopping, the
+    best epoch and the best grid point are decided on these rounded values, so a gain under 5e-5
+    is no improvement. The per-user values (significance tests) stay exact."""
     users: np.ndarray
     per_user: dict[str, np.ndarray]
+    decimals: int | None = None
     mean: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.mean = mean_metrics(self.per_user)
+        if self.decimals is not None:
+            self.mean = {k: round(float(v), self.decimals) for k, v in self.mean.items()}
 
 
 def score_block_rows(model: torch.nn.Module, n_items: int, device: Any) -> int | None:
@@ -68,4 +75,6 @@ def evaluate(model: torch.nn.Module, loader: EvalDataLoader, config: Any) -> Eva
     users, topk_items = rank_topk(model, loader, max(topk), config["device"])
     hits = hit_matrix(topk_items, users, loader.truth)
     n_truth = np.diff(loader.truth.indptr)[users]
-    return EvalResult(users, per_user_metrics(hits, n_truth, list(config["metrics"]), topk))
+    decimals = config["metric_decimal_place"]
+    return EvalResult(users, per_user_metrics(hits, n_truth, list(config["metrics"]), topk),
+                      4 if decimals is None else int(decimals))
