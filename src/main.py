@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = p.add_argument_group("comparison (several models, several seeds)")
     cmp.add_argument("--seeds", default=None,
                      help="comma-separated seeds: with -m A,B,C each model's best grid point (chosen on "
-                          "validation) is re-run for every seed, then compared with significance tests")
+                          "validation) is re-run for every seed, then compared with significance tests; "
+                          "the selection seed (the config's first seed, where the grid is searched) is left "
+                          "out of the table, so give fresh seeds beside it, e.g. --seeds 999,1,2,3,4,5")
+    cmp.add_argument("--include-selection-seed", action="store_true",
+                     help="average the selection seed's run too (it won the grid search on validation, so "
+                          "its test scores are biased upwards); default: fresh seeds only")
     srch = p.add_argument_group("search (Optuna; several workers or machines share one study)")
     srch.add_argument("--search", choices=["grid", "tpe"], default="grid",
                       help="grid: every grid point once per seed (MMRec's protocol, default); "
@@ -113,6 +118,8 @@ def run(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(extra)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     output = Path(args.output).resolve()
+    if args.include_selection_seed and not (len(models) > 1 or args.seeds):
+        raise ConfigError("--include-selection-seed applies to a comparison (-m A,B,... or --seeds)")
     if len(models) > 1 or args.seeds:
         from utils.comparison import run_comparison
         seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None

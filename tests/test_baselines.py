@@ -155,7 +155,7 @@ def test_vbpr_item_vector_layout(ml100k_data) -> None:
     vec = model.item_vectors(items)
     assert vec.shape == (2, 128) and model.u_embedding.weight.shape[1] == 128
     assert torch.equal(vec[:, :64], model.i_embedding.weight[items])
-    feats = torch.cat([model.v_feat, model.t_feat], 1)[items]
+    feats = torch.cat([model.t_feat, model.v_feat], 1)[items]  # text first, as in MMRec
     assert torch.allclose(vec[:, 64:], model.item_linear(feats))
 
 
@@ -179,3 +179,46 @@ def test_mmrec_style_outside_model_runs_through_main(tmp_path) -> None:
     assert rec["parameters"]["reg_weight"] == 0.001
     # far above random ranking (about 20 / 1682 for Recall@20)
     assert rec["test"]["recall@20"] > 0.05 and rec["valid"]["recall@20"] > 0.05
+
+
+def test_vbpr_feature_order_and_init_follow_mmrec(ml100k_data) -> None:
+    """MMRec's VBPR concatenates text then image, and draws Xavier-uniform user (n_users x 2d) and
+    item (n_items x d) tables, then a Linear re-initialised Xavier-normal with a zero bias."""
+    model, cfg = build("VBPR", ml100k_data, seed=7)
+    assert cfg["feature_order"] == "text_image"
+    assert torch.equal(model.item_raw_features, torch.cat([model.t_feat, model.v_feat], dim=1))
+    # the same draws in the same order as MMRec's constructor
+    init_seed(7)
+    d = cfg["embedding_size"]
+    users = torch.nn.init.xavier_uniform_(torch.empty(model.n_users, 2 * d))
+    items = torch.nn.init.xavier_uniform_(torch.empty(model.n_items, d))
+    linear = torch.nn.Linear(model.item_raw_features.shape[1], d)
+    torch.nn.init.xavier_normal_(linear.weight)
+    assert torch.equal(model.u_embedding.weight, users) and torch.equal(model.i_embedding.weight, items)
+    assert torch.equal(model.item_linear.weight, linear.weight) and not model.item_linear.bias.any()
+
+    other, _ = build("VBPR", ml100k_data, feature_order="image_text")
+    assert torch.equal(other.item_raw_features, torch.cat([other.v_feat, other.t_feat], dim=1))
+    with pytest.raises(ConfigError, match="feature_order must be one of text_image, image_text"):
+        build("VBPR", ml100k_data, feature_order="audio_text")
+
+
+def test_vbpr_checkpoint_of_the_old_feature_order_scores_the_same(ml100k_data) -> None:
+    """A state dict written before the MMRec order (image first, no feature_layout) is reordered on load."""
+    model, _ = build("VBPR", ml100k_data)
+    state = model.state_dict()
+    t_dim = model.t_feat.shape[1]
+    legacy = {k: v.clone() for k, v in state.items() if k != "feature_layout"}
+    w = state["item_linear.weight"]
+    legacy["item_linear.weight"] = torch.cat([w[:, t_dim:], w[:, :t_dim]], dim=1)  # image block first
+    fresh, _ = build("VBPR", ml100k_data, seed=1)
+    fresh.load_state_dict(legacy)
+    again, _ = build("VBPR", ml100k_data, seed=2)
+    again.load_state_dict(state)  # a current checkpoint loads unchanged
+    users = torch.arange(40)
+    for m in (model, fresh, again):
+        m.eval()
+    with torch.no_grad():
+        expect = model.full_sort_predict((users,))
+        assert torch.equal(fresh.full_sort_predict((users,)), expect)
+        assert torch.equal(again.full_sort_predict((users,)), expect)

@@ -167,6 +167,103 @@ def test_table_needs_runs_and_metrics():
     assert "No significance tests" in no_users.caption()
 
 
+# --- the selection seed is not averaged ----------------------------------------------------
+def _model_runs(tmp_path: Path, model: str, levels: dict[int, float], include: bool = False):
+    """ModelRuns of ``model`` with one record per seed (999 = selection); per-user values around ``levels``."""
+    from utils.comparison import ModelRuns
+
+    rng = np.random.default_rng(abs(hash(model)) % 1000)
+    users, recs = np.arange(100), []
+    for seed, level in levels.items():
+        per_user = {m: np.clip(rng.normal(level, 0.02, users.size), 0, 1) for m in METRICS}
+        path = tmp_path / f"{model}-{seed}.npz"
+        np.savez(path, users=users, **per_user)
+        recs.append({"model": model, "key": f"{model}{seed}", "status": "ok", "seed": seed,
+                     "parameters": {"seed": seed, "reg_weight": 0.1}, "valid": {"recall@20": level},
+                     "test": {m: float(v.mean()) for m, v in per_user.items()}, "per_user": str(path),
+                     "history": [{"epoch": 0, "loss": float(seed), "valid_score": level}]})
+    selection = next(r for r in recs if r["seed"] == 999)
+    return ModelRuns(model, {"reg_weight": 0.1, "seed": 999}, recs, [], "Recall@20", [], include, selection)
+
+
+def test_selection_seed_is_left_out_of_means_stds_and_tests(tmp_path):
+    from utils.comparison import comparison_table
+
+    # the selection runs (seed 999) score far higher than the fresh ones: a leak would show at once
+    a = _model_runs(tmp_path, "A", {999: 0.60, 1: 0.30, 2: 0.34})
+    b = _model_runs(tmp_path, "B", {999: 0.20, 1: 0.31, 2: 0.33})
+    table = comparison_table([a, b], "toy")
+    assert table.seeds == {"A": [1, 2], "B": [1, 2]} and table.n_seeds == {"A": 2, "B": 2}
+    for m in METRICS:
+        fresh = [r["test"][m] for r in a.seed_runs if r["seed"] != 999]
+        assert table.means["A"][m] == pytest.approx(np.mean(fresh))
+        assert table.stds["A"][m] == pytest.approx(np.std(fresh, ddof=1))
+        assert table.means["A"][m] < 0.4  # with seed 999 it would be about 0.41
+        # the per-user tests average the fresh seeds only
+        ua, va = load_per_user([r["per_user"] for r in a.seed_runs[1:]], m)
+        ub, vb = load_per_user([r["per_user"] for r in b.seed_runs[1:]], m)
+        test = table.test("B", m)
+        assert test.delta == pytest.approx((va - vb).mean()) and abs(test.delta) < 0.05
+        assert test.t_p == pytest.approx(stats.ttest_rel(va, vb).pvalue)
+
+    # --include-selection-seed: every seed, as before
+    a.include_selection = b.include_selection = True
+    every = comparison_table([a, b], "toy")
+    assert every.seeds == {"A": [999, 1, 2], "B": [999, 1, 2]}
+    assert every.means["A"]["recall@20"] == pytest.approx(np.mean([r["test"]["recall@20"] for r in a.seed_runs]))
+    assert every.test("B", "recall@20").delta > 0.1  # the selection runs dominate the difference
+
+
+def test_caption_says_which_seeds_are_averaged(tmp_path):
+    from utils.comparison import comparison_table
+
+    a = _model_runs(tmp_path, "A", {999: 0.6, 1: 0.30, 2: 0.32, 3: 0.31})
+    b = _model_runs(tmp_path, "B", {999: 0.2, 1: 0.28, 2: 0.29, 3: 0.27})
+    table = comparison_table([a, b], "toy")
+    phrase = "3 fresh seeds (1, 2, 3); the selection seed 999 is excluded"
+    assert phrase in table.caption() and table.caption().startswith("Test metrics on toy")
+    assert "Bold: best mean per column" in table.caption() and "Holm" in table.caption()
+    paths = write_table(table, tmp_path / "out")
+    assert phrase in paths["md"].read_text()
+    assert phrase in paths["tex"].read_text()
+    rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert [r["note"] for r in rows if r["kind"] == "caption"] == [table.caption()]
+    seeds = {r["model"]: r for r in rows if r["kind"] == "seeds"}
+    assert seeds["A"]["n_seeds"] == "3" and seeds["A"]["note"] == "1,2,3 (selection seed 999 excluded)"
+    assert all(r["n_seeds"] == "3" for r in rows if r["kind"] == "score")
+
+    a.include_selection = b.include_selection = True
+    every = comparison_table([a, b], "toy")
+    assert "4 seeds (999, 1, 2, 3), including the selection seed 999" in every.caption()
+    a.seed_runs, b.seed_runs = a.seed_runs[1:], b.seed_runs[1:]  # --seeds 1,2,3 --include-selection-seed
+    assert "3 seeds (1, 2, 3); the selection seed 999 is not among them" in comparison_table([a, b], "toy").caption()
+    b.seed_runs = b.seed_runs[:2]  # a failed seed: the caption lists each model's seeds
+    assert "2/3 seeds (A: 1, 2, 3; B: 1, 2); the selection seed 999 is not among them" in comparison_table([a, b], "toy").caption()
+
+
+def test_report_plots_use_the_table_s_seeds(tmp_path, monkeypatch):
+    import utils.comparison as comparison
+
+    seen = {}
+    real_curves, real_bars = comparison.plot_curves, comparison.plot_bars
+    monkeypatch.setattr(comparison, "plot_curves",
+                        lambda h, path, *a, **k: seen.setdefault("curves", h) and real_curves(h, path, *a, **k))
+    monkeypatch.setattr(comparison, "plot_bars",
+                        lambda t, path, **k: seen.setdefault("bars", (t, k)) and real_bars(t, path, **k))
+    runs = [_model_runs(tmp_path, "A", {999: 0.6, 1: 0.30, 2: 0.32}), _model_runs(tmp_path, "B", {999: 0.2, 1: 0.28})]
+    paths = comparison.report(runs, "toy", tmp_path / "cmp")
+    table, kwargs = seen["bars"]
+    assert table.seeds == {"A": [1, 2], "B": [1]} and table.means["A"]["recall@20"] < 0.4
+    assert "the selection seed 999 is excluded" in kwargs["seeds"]
+    assert [h[0]["loss"] for h in seen["curves"].values()] == [1.0, 1.0]  # seed 1's history, not 999's
+    summary = json.loads(paths["json"].read_text())
+    assert summary["models"]["A"]["seeds"] == [1, 2] and summary["models"]["A"]["keys"] == ["A1", "A2"]
+    assert summary["models"]["A"]["selection"] == {"seed": 999, "in_table": False, "key": "A999",
+                                                   "test": runs[0].selection_run["test"]}
+    assert summary["caption"] == table.caption() and not summary["selection_seed_included"]
+    _png_ok(paths["bars"])
+
+
 # --- plots ----------------------------------------------------------------------------------
 def _png_ok(path: Path, min_kb: int = 10) -> None:
     import matplotlib.image as mpimg
@@ -230,7 +327,43 @@ def test_bad_comparison_input_is_a_clear_error(tmp_path):
         run(["-m", "BPR,LightGCN", "--seeds", "1,1", *base])
     with pytest.raises(ConfigError, match="did you mean n_layers"):
         run(["-m", "BPR,LightGCN", "--n_layerz", "1", *base])
+    # only the selection seed: nothing fresh to average, and nothing is trained
+    with pytest.raises(ConfigError, match="no fresh seed.*selection seed 999.*--include-selection-seed"):
+        run(["-m", "BPR,LightGCN", "--seeds", "999", *base])
+    with pytest.raises(ConfigError, match="no fresh seed"):
+        run(["-m", "BPR,LightGCN", *base])          # the config's seed list is [999]
+    with pytest.raises(ConfigError, match="selection seed 5"):
+        run(["-m", "BPR,LightGCN", "--seed", "5", "--seeds", "5", *base])
+    with pytest.raises(ConfigError, match="applies to a comparison"):
+        run(["-m", "BPR", "--include-selection-seed", *base])
     assert not (tmp_path / "results.jsonl").exists()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_only_the_selection_seed_is_one_clear_line(tmp_path):
+    out = _main("-m", "BPR,LightGCN", "-d", "ml100k", "--seeds", "999", "--output", str(tmp_path), "--device", "cpu")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: BPR: no fresh seed") and "--include-selection-seed" in lines[0]
+
+
+def test_selection_seed_flag_is_parsed():
+    from main import build_parser
+
+    assert build_parser().parse_args(["--include-selection-seed"]).include_selection_seed is True
+    assert build_parser().parse_args([]).include_selection_seed is False
+
+
+def test_seed_plan_picks_the_config_s_first_seed():
+    from utils.comparison import seed_plan
+
+    assert seed_plan("A", [999], [999, 1, 2], False) == (999, [999, 1, 2], [1, 2])
+    assert seed_plan("A", [999], [999, 1, 2], True) == (999, [999, 1, 2], [999, 1, 2])
+    assert seed_plan("A", [999], [1, 2], False) == (999, [1, 2], [1, 2])
+    assert seed_plan("A", [5, 6, 7], None, False) == (5, [5, 6, 7], [6, 7])  # no --seeds: the config's list
+    assert seed_plan("A", [999], None, True) == (999, [999], [999])
+    with pytest.raises(ConfigError, match="A: no fresh seed.*--seeds 999,1,2,3.*--include-selection-seed"):
+        seed_plan("A", [999], None, False)
 
 
 @pytest.mark.slow
@@ -245,6 +378,7 @@ def test_end_to_end_comparison_reuses_finished_runs(tmp_path):
     for name in ["comparison.md", "comparison.csv", "comparison.tex", "training_curves.png", "comparison_bars.png"]:
         assert (folder / name).stat().st_size > 0
     assert "| LightGCN |" in first.stdout and "Holm" in first.stdout
+    assert "1 fresh seed (1); the selection seed 999 is excluded" in (folder / "comparison.md").read_text()
 
     second = _main(*common, "--seeds", "999,1,2")
     assert second.returncode == 0, second.stderr[-2000:]
@@ -252,8 +386,20 @@ def test_end_to_end_comparison_reuses_finished_runs(tmp_path):
     assert len(lines) == 6  # only seed 2 of each model was trained
     assert sorted((r["model"], r["seed"]) for r in lines[4:]) == [("BPR", 2), ("LightGCN", 2)]
     summary = json.loads((folder / "comparison.json").read_text())
-    assert summary["models"]["BPR"]["seeds"] == [999, 1, 2]
-    assert "3 seed(s)" in (folder / "comparison.md").read_text()
+    assert summary["models"]["BPR"]["seeds"] == [1, 2]  # the selection seed 999 is not averaged
+    assert summary["models"]["BPR"]["selection"]["seed"] == 999 and not summary["models"]["BPR"]["selection"]["in_table"]
+    assert "2 fresh seeds (1, 2); the selection seed 999 is excluded" in (folder / "comparison.md").read_text()
+    fresh = [r["test"]["recall@20"] for r in lines if r["model"] == "BPR" and r["seed"] in (1, 2)]
+    assert summary["table"]["means"]["BPR"]["recall@20"] == pytest.approx(np.mean(fresh))
+
+    third = _main(*common, "--seeds", "999,1,2", "--include-selection-seed")  # today's table, nothing trained
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert len(results.read_text().splitlines()) == 6
+    summary = json.loads((folder / "comparison.json").read_text())
+    assert summary["models"]["BPR"]["seeds"] == [999, 1, 2] and summary["selection_seed_included"]
+    every = [r["test"]["recall@20"] for r in lines if r["model"] == "BPR"]
+    assert summary["table"]["means"]["BPR"]["recall@20"] == pytest.approx(np.mean(every))
+    assert "3 seeds (999, 1, 2), including the selection seed 999" in (folder / "comparison.md").read_text()
 
 
 def test_per_user_file_is_found_in_a_moved_output_folder(tmp_path):

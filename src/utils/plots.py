@@ -28,7 +28,8 @@ def _spans_decades(values: Sequence[float]) -> bool:
     return all(v > 0 for v in values) and max(values) / min(values) >= 100
 
 
-def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Recall@20") -> Path:
+def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Recall@20",
+                title: str = "Training curves (best grid point, first seed)") -> Path:
     """Training loss and validation ``metric`` per epoch, one line per model."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_valid = fig.subplots(1, 2)
@@ -50,7 +51,7 @@ def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Rec
         ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.lines:
             ax.legend()
-    fig.suptitle("Training curves (best grid point, first seed)")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -105,8 +106,11 @@ def plot_sensitivity(model: str, series: dict[str, list[tuple[Any, float, float]
     return _save(fig, path)
 
 
-def plot_bars(table: ComparisonTable, path: Path) -> Path:
-    """Mean test R@20 and N@20 of every model, with the std over seeds as error bars."""
+def plot_bars(table: ComparisonTable, path: Path, seeds: str | None = None) -> Path:
+    """Mean test R@20 and N@20 of every model, with the std over seeds as error bars.
+
+    The bars are the table's own means and stds, so they average the table's seeds; ``seeds``
+    (e.g. '5 fresh seeds (1, 2, 3, 4, 5); the selection seed 999 is excluded') names them in the title."""
     metrics = [m for m in ("recall@20", "ndcg@20") if m in table.metrics] or table.metrics[:2]
     fig = Figure(figsize=(max(5.0, 1.6 + 1.1 * len(table.models) * len(metrics)), 4.2), layout="constrained")
     ax = fig.subplots()
@@ -116,8 +120,10 @@ def plot_bars(table: ComparisonTable, path: Path) -> Path:
         ax.bar(xs, [table.means[model][m] for m in metrics], width,
                yerr=[table.stds[model][m] for m in metrics], capsize=4, label=model)
     ax.set_xticks(range(len(metrics)), [TABLE_METRICS.get(m, m) for m in metrics])
-    ax.set(ylabel="test score (mean ± std over seeds)",
-           title=f"{table.dataset}: test metrics of the compared models".strip(": "))
+    title = f"{table.dataset}: test metrics of the compared models".strip(": ")
+    if seeds:
+        title += f"\nmean ± std over {seeds}"
+    ax.set(ylabel="test score (mean ± std over seeds)", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     return _save(fig, path)
