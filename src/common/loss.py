@@ -1,4 +1,7 @@
-"""Losses with MMRec's names and signatures (``BPRLoss``, ``EmbLoss``, ``L2Loss``)."""
+"""Losses with MMRec's names, signatures and values (``BPRLoss``, ``EmbLoss``, ``L2Loss``).
+
+They return 0-d tensors where MMRec's ``EmbLoss``/``L2Loss`` return shape [1]; the values are the
+same, and a sum with other losses broadcasts to the same number either way."""
 import torch
 from torch import nn
 
@@ -15,24 +18,25 @@ class BPRLoss(nn.Module):
 
 
 class EmbLoss(nn.Module):
-    """Sum over the given tensors of their ``p``-norm, each divided by its number of rows."""
+    """The sum of the ``norm``-norms of the given tensors, divided once by the number of rows of
+    the last one (MMRec's definition; it matters when the tensors have different row counts)."""
 
     def __init__(self, norm: int = 2) -> None:
         super().__init__()
         self.norm = norm
 
     def forward(self, *embeddings: torch.Tensor) -> torch.Tensor:
-        total = embeddings[0].new_zeros(())
+        total = embeddings[-1].new_zeros(())
         for emb in embeddings:
-            total = total + torch.norm(emb, p=self.norm) / emb.shape[0]
-        return total
+            total = total + torch.norm(emb, p=self.norm)
+        return total / embeddings[-1].shape[0]
 
 
 class L2Loss(nn.Module):
     """Half the sum of squares of all given tensors (no division by the batch size)."""
 
     def forward(self, *embeddings: torch.Tensor) -> torch.Tensor:
-        total = embeddings[0].new_zeros(())
+        total = embeddings[-1].new_zeros(())
         for emb in embeddings:
-            total = total + 0.5 * emb.pow(2).sum()
+            total = total + torch.sum(emb ** 2) * 0.5
         return total

@@ -156,6 +156,49 @@ def lightgcn(adj: torch.Tensor, emb: torch.Tensor, n_layers: int, symmetric: boo
     return total / (n_layers + 1)
 
 
+# --- torch normalisation of small graphs (MMRec's conventions) -------------------------------------
+NORMALIZATIONS = ("sym", "rw", "none")
+
+
+def inverse_degree(deg: torch.Tensor, power: float) -> torch.Tensor:
+    """deg^-power with the infinity of a zero degree set to 0, as MMRec does (a negative degree
+    gives NaN there and here)."""
+    out = deg.pow(-power)
+    return out.masked_fill(torch.isinf(out), 0.0)
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}")
+
+
+def normalize_dense(adj: torch.Tensor, normalization: str = "sym") -> torch.Tensor:
+    """'sym': D^-1/2 A D^-1/2, 'rw': D^-1 A, 'none': A, with D the row sums of the dense ``adj``.
+    Broadcast products (no N x N diagonal matrices); differentiable in ``adj``."""
+    _check_normalization(normalization)
+    if normalization == "none":
+        return adj
+    if normalization == "sym":
+        d = inverse_degree(adj.sum(-1), 0.5)
+        return d.unsqueeze(-1) * adj * d.unsqueeze(-2)
+    return inverse_degree(adj.sum(-1), 1.0).unsqueeze(-1) * adj
+
+
+def normalize_edges(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int,
+                    normalization: str = "none") -> torch.Tensor:
+    """The weights of edges (row, col) normalised by the weighted out-degree of the rows:
+    'sym': w / sqrt(d_row d_col), 'rw': w / d_row, 'none': w unchanged."""
+    _check_normalization(normalization)
+    if normalization == "none":
+        return edge_weight
+    row, col = edge_index[0], edge_index[1]
+    deg = edge_weight.new_zeros(num_nodes).index_add_(0, row, edge_weight)
+    if normalization == "sym":
+        d = inverse_degree(deg, 0.5)
+        return d[row] * edge_weight * d[col]
+    return inverse_degree(deg, 1.0)[row] * edge_weight
+
+
 # --- kNN item graphs (blockwise, sparse) -------------------------------------------------------
 def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary",
               block_size: int = 2048) -> sp.csr_matrix:

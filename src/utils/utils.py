@@ -1,4 +1,9 @@
-"""Seeding, model lookup and small helpers."""
+"""Seeding, model lookup and small helpers, plus the graph helpers that MMRec model files import
+from ``utils.utils`` (``build_sim``, ``build_knn_neighbourhood``, ``compute_normalized_laplacian``,
+``get_sparse_laplacian``, ``get_dense_laplacian``, ``build_knn_normalized_graph``), with MMRec's
+signatures and outputs: dense N x N torch tensors where MMRec returns dense ones. They exist so
+that MMRec model files run unchanged; the harness's own models use the blockwise sparse
+``utils.graph.knn_graph`` instead."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 
 from utils.errors import ConfigError
+from utils.graph import normalize_dense, normalize_edges
 
 
 def init_seed(seed: int, deterministic: bool = True) -> None:
@@ -51,3 +57,51 @@ def resolve_device(requested: str | None, use_gpu: Any = True) -> torch.device:
             raise ConfigError(f"--device {requested} was asked for but CUDA is not available; use --device cpu")
         return device
     return torch.device("cuda" if use_gpu is not False and torch.cuda.is_available() else "cpu")
+
+
+# --- MMRec's graph helpers (LATTICE, FREEDOM, MGCN, SMORE, ItemKNNCBF import them) ----------------
+def build_sim(context: torch.Tensor) -> torch.Tensor:
+    """Dense cosine similarity of the rows of ``context``: X X^T with X = rows / their L2 norm.
+    A zero row gives NaN, as in MMRec."""
+    unit = context.div(torch.norm(context, p=2, dim=-1, keepdim=True))
+    return torch.mm(unit, unit.t())
+
+
+def build_knn_neighbourhood(adj: torch.Tensor, topk: int) -> torch.Tensor:
+    """Dense ``adj`` keeping the ``topk`` largest values of each row (self included when it is
+    among them, as for a similarity matrix), zero elsewhere."""
+    knn_val, knn_ind = torch.topk(adj, topk, dim=-1)
+    return torch.zeros_like(adj).scatter_(-1, knn_ind, knn_val)
+
+
+def compute_normalized_laplacian(adj: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of a dense ``adj`` (D: row sums; a zero row stays zero), dense."""
+    return normalize_dense(adj, "sym")
+
+
+def get_dense_laplacian(adj: torch.Tensor, normalization: str = "none") -> torch.Tensor:
+    """Dense ``adj`` normalised: 'sym' D^-1/2 A D^-1/2, 'rw' D^-1 A, 'none' A itself."""
+    return normalize_dense(adj, normalization)
+
+
+def get_sparse_laplacian(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int,
+                         normalization: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(edge_index, normalised edge_weight)`` for edges given as a [2, E] index: 'sym'
+    w / sqrt(d_row d_col), 'rw' w / d_row, 'none' w, with d the weighted row degrees (no
+    torch_scatter needed)."""
+    return edge_index, normalize_edges(edge_index, edge_weight, num_nodes, normalization)
+
+
+def build_knn_normalized_graph(adj: torch.Tensor, topk: int, is_sparse: bool,
+                               norm_type: str) -> torch.Tensor:
+    """The ``topk`` largest entries of each row of a dense similarity ``adj``, normalised with
+    ``norm_type`` ('sym', 'rw' or 'none'): a sparse COO tensor (row-major, each row in descending
+    value order, not coalesced) when ``is_sparse``, else a dense tensor."""
+    if not is_sparse:
+        return get_dense_laplacian(build_knn_neighbourhood(adj, topk), normalization=norm_type)
+    knn_val, knn_ind = torch.topk(adj, topk, dim=-1)
+    rows = torch.arange(adj.shape[0], device=adj.device).repeat_interleave(knn_ind.shape[-1])
+    edge_index = torch.stack((rows, knn_ind.reshape(-1)))
+    edge_index, edge_weight = get_sparse_laplacian(edge_index, knn_val.reshape(-1), num_nodes=adj.shape[0],
+                                                   normalization=norm_type)
+    return torch.sparse_coo_tensor(edge_index, edge_weight, adj.shape, check_invariants=False)

@@ -2,9 +2,10 @@
 """A model written the way MMRec models are written, kept outside the harness's src/ tree.
 
 It is copied into models/outsidemodel.py by tests/test_baselines.py to show that a model file
-written for MMRec trains and evaluates through main.py unchanged. Score = u . (i + P x_i), where
-x_i are the item's image and text features and P a linear projection, with a one-layer
-propagation of the user embeddings over the row-normalised interaction matrix.
+written for MMRec trains and evaluates through main.py unchanged. Score = u . (i + P x_i + G i),
+where x_i are the item's image and text features, P a linear projection and G a kNN item-item
+graph built with MMRec's helpers (utils.utils.build_sim + build_knn_normalized_graph), with a
+one-layer propagation of the user embeddings over the row-normalised interaction matrix.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -14,6 +15,7 @@ import torch.nn as nn
 from common.abstract_recommender import GeneralRecommender
 from common.loss import BPRLoss, EmbLoss
 from common.init import xavier_normal_initialization
+from utils.utils import build_sim, build_knn_normalized_graph
 
 
 class OutsideModel(GeneralRecommender):
@@ -37,13 +39,18 @@ class OutsideModel(GeneralRecommender):
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_dim)
         feats = [f for f in (self.v_feat, self.t_feat) if f is not None]
         self.item_feat = torch.cat(feats, dim=1)
+        # item-item graph as MMRec models build it: cosine kNN, symmetric normalisation
+        knn_k = config['knn_k'] if config['knn_k'] is not None else 10
+        sim = build_sim(self.item_feat)
+        self.item_graph = build_knn_normalized_graph(sim, topk=knn_k, is_sparse=True, norm_type='sym')
         self.feat_proj = nn.Linear(self.item_feat.shape[1], self.embedding_dim)
         self.loss = BPRLoss()
         self.reg_loss = EmbLoss()
         self.apply(xavier_normal_initialization)
 
     def forward(self):
-        items = self.item_embedding.weight + self.feat_proj(self.item_feat)
+        item_id = self.item_embedding.weight
+        items = item_id + self.feat_proj(self.item_feat) + torch.sparse.mm(self.item_graph, item_id)
         users = self.user_embedding.weight + self.mix * torch.sparse.mm(self.norm_inter, items)
         return users, items
 
