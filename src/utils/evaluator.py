@@ -75,6 +75,6 @@ def evaluate(model: torch.nn.Module, loader: EvalDataLoader, config: Any) -> Eva
     users, topk_items = rank_topk(model, loader, max(topk), config["device"])
     hits = hit_matrix(topk_items, users, loader.truth)
     n_truth = np.diff(loader.truth.indptr)[users]
-    decimals = config["metric_decimal_place"]
+    decimals = config.get("metric_decimal_place")  # Config and plain dicts alike; MMRec's 4 by default
     return EvalResult(users, per_user_metrics(hits, n_truth, list(config["metrics"]), topk),
                       4 if decimals is None else int(decimals))
