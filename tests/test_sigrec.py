@@ -246,15 +246,25 @@ def test_noise_offsets_equal_the_noisy_branch(ml100k) -> None:
         u = model.user_item @ s
         u = u + perturb(u, model.eps, model.perturb_mode)
     np.testing.assert_allclose((sem["v"] + offsets[0]).numpy(), torch.cat([u, s]).numpy(), atol=1e-5)
-    # some users only (as in training): the same random draws and values at those rows
+    # some users only (as in training): noise drawn for those rows only; the items' draws and
+    # offsets are the full ones, and all users as "some users" give exactly the full result
     users = torch.tensor([0, 5, 17, model.n_users - 1])
     with torch.no_grad():
         torch.manual_seed(6)
         full = model.noise_offsets("v", sem["v"], states["v"])
         torch.manual_seed(6)
         part = model.noise_offsets("v", torch.cat([sem["v"][users], sem["v"][model.n_users:]]), states["v"], users=users)
-    assert torch.equal(part[:, :users.numel()], full[:, users])
+        torch.manual_seed(6)
+        every = model.noise_offsets("v", sem["v"], states["v"], users=torch.arange(model.n_users))
+        n, d = model.n_items, full.shape[2]
+        flat = part[:, users.numel():].permute(1, 0, 2).reshape(n, -1)
+        prop = model.user_item.rows(users, flat).reshape(users.numel(), 2, d).permute(1, 0, 2)
+    assert part.shape == (2, users.numel() + n, d)
     assert torch.equal(part[:, users.numel():], full[:, model.n_users:])
+    torch.testing.assert_close(every, full)
+    # the users' noise has the modulus size: |e_u - R e| = eps * |s_u + R e| in every row and view
+    delta = (part[:, :users.numel()] - prop).norm(dim=-1)
+    torch.testing.assert_close(delta, model.eps * (sem["v"][users] + prop).norm(dim=-1), rtol=1e-4, atol=1e-6)
 
 
 def test_scoring_is_deterministic_and_cached(ml100k) -> None:

@@ -254,12 +254,11 @@ def infuse(sem: sp.spmatrix, co: sp.spmatrix | None, beta: float, mode: str = "c
     return ((1.0 - beta) * sem + beta * co).tocsr() if mode == "convex" else (sem + beta * co).tocsr()
 
 
-def perturb(x: torch.Tensor, eps: float, mode: str = "modulus", uniform: torch.Tensor | None = None) -> torch.Tensor:
+def perturb(x: torch.Tensor, eps: float, mode: str = "modulus") -> torch.Tensor:
     """Δ = ε · s_k · sign(x) ⊙ normalize(u), u ~ U(0,1)^d, with s_k = ‖x_k‖ (detached) in
-    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ.
-    ``uniform`` supplies u (default: drawn here, shaped like x)."""
+    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ."""
     x = x.detach()  # the noise carries no gradient (sign() has a zero derivative anyway)
-    u = torch.rand_like(x) if uniform is None else uniform
+    u = torch.rand_like(x)
     direction = F.normalize(u, dim=-1) * torch.sign(x)
     if mode == "modulus":
         direction = direction * x.norm(dim=-1, keepdim=True)
@@ -537,7 +536,8 @@ class SIGREC(GeneralRecommender):
         """[views, M+N, d] offsets e with view = S^m + e, equal to running the branch with noise
         injected after every propagation step (item layers, then the user aggregation).
         With ``users`` (sorted, unique), only those users' rows: [views, len(users)+N, d], and
-        ``sem`` holds only those users' rows above the items; the same values and random draws.
+        ``sem`` holds only those users' rows above the items; noise is drawn for those rows only
+        (the item draws come first and are the same; ``users`` = all users gives the full result).
 
         The noise carries no gradient (its modulus is detached and sign() has zero derivative), and
         propagation is linear, so the noisy branch is the clean branch plus a gradient-free offset:
@@ -551,12 +551,11 @@ class SIGREC(GeneralRecommender):
                 e = prop + perturb(clean.detach() + prop, self.eps, self.perturb_mode)
             flat = e.permute(1, 0, 2).reshape(n, -1)
             if users is None:
-                prop = (self.user_item @ flat).reshape(self.n_users, views, d).permute(1, 0, 2)
-                eu = prop + perturb(sem[:self.n_users].detach() + prop, self.eps, self.perturb_mode)
-            else:  # the same uniform draw as for all users (same memory order), used at these rows only
-                uniform = torch.rand(self.n_users, views, d, device=sem.device).permute(1, 0, 2)[:, users]
-                prop = self.user_item.rows(users, flat).reshape(users.numel(), views, d).permute(1, 0, 2)
-                eu = prop + perturb(sem[:users.numel()].detach() + prop, self.eps, self.perturb_mode, uniform)
+                rows, prop = self.n_users, self.user_item @ flat
+            else:
+                rows, prop = users.numel(), self.user_item.rows(users, flat)
+            prop = prop.reshape(rows, views, d).permute(1, 0, 2)
+            eu = prop + perturb(sem[:rows].detach() + prop, self.eps, self.perturb_mode)
             return torch.cat([eu, e], dim=1)
 
     def fuse(self, b: torch.Tensor, sem: dict[str, torch.Tensor]) -> torch.Tensor:
