@@ -334,3 +334,168 @@ def edge_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_ite
     inter.sum_duplicates()
     inter.data[:] = 1.0
     return normalized_adjacency(inter, device)
+
+
+# --- SMORE / MSCA: the user-item block, layer means, co-interaction graphs, graph unions ----------
+def normalized_interactions(inter: sp.spmatrix) -> sp.csr_matrix:
+    """R~ = D_u^-1/2 R D_i^-1/2, the user->item block of Â (same float32 values as slicing Â)."""
+    n_users = inter.shape[0]
+    return sp.csr_matrix(sym_normalize(bipartite_adjacency(inter))[:n_users, n_users:])
+
+
+def propagate_mean(adj: torch.Tensor, emb: torch.Tensor, n_layers: int, skip_ego: bool = False,
+                   symmetric: bool = False) -> torch.Tensor:
+    """The mean of Â^l emb over l = 0..L (``lightgcn``), or over l = 1..L with ``skip_ego``
+    (MSCA's collaborative view, which leaves the layer-0 embeddings out; needs L >= 1)."""
+    if not skip_ego:
+        return lightgcn(adj, emb, n_layers, symmetric)
+    if n_layers < 1:
+        raise ValueError(f"a layer mean without layer 0 needs n_layers >= 1, not {n_layers}")
+    h = emb
+    total = None
+    for _ in range(n_layers):
+        h = spmm(adj, h, adj) if symmetric else torch.sparse.mm(adj, h)
+        total = h if total is None else total + h
+    return total / n_layers
+
+
+def _top_k_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the k largest values of every row (ties: smaller column first), no Python loop."""
+    order = np.lexsort((cols, -vals, rows))          # row, then value descending, then column
+    r = rows[order]
+    rank = np.arange(r.size) - np.searchsorted(r, r, side="left")
+    keep = np.zeros(rows.size, dtype=bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+def co_interaction_graph(inter: sp.spmatrix, k: int, min_count: int = 1, self_loop: bool = False,
+                         weighting: str = "count", block_size: int = 2048) -> sp.csr_matrix:
+    """The item-item co-interaction graph of a binary M x N matrix R (pass the TRAINING split).
+
+    C = RᵀR (C_ij = users who have both i and j), one sparse product per block of item rows,
+    never N x N dense. Dropped: the diagonal and every C_ij < ``min_count`` (MSCA: 2). Each row
+    then keeps its ``k`` largest counts (ties: smaller item id first), or all that are left when
+    fewer. ``weighting``: 'count' (C_ij) or 'binary' (1). ``self_loop`` adds (i, i) with weight 1
+    to every row, the items without partners included. Not normalised."""
+    if weighting not in ("count", "binary"):
+        raise ValueError(f"weighting must be 'count' or 'binary', not {weighting!r}")
+    if int(min_count) < 1:
+        raise ValueError(f"min_count must be >= 1, not {min_count}")
+    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0                                   # binary: a repeated pair counts once
+    rt = r.T.tocsr()
+    n = r.shape[1]
+    rows, cols, vals = [], [], []
+    for start in range(0, n, block_size):
+        part = (rt[start:start + block_size] @ r).tocoo()
+        pr, pc, pv = part.row.astype(np.int64), part.col.astype(np.int64), part.data
+        keep = (pc != pr + start) & (pv >= min_count)
+        pr, pc, pv = pr[keep], pc[keep], pv[keep]
+        top = _top_k_per_row(pr, pc, pv, int(k))
+        rows.append(pr[top] + start)
+        cols.append(pc[top])
+        vals.append(pv[top] if weighting == "count" else np.ones(int(top.sum()), np.float32))
+    if self_loop:
+        rows.append(np.arange(n, dtype=np.int64))
+        cols.append(np.arange(n, dtype=np.int64))
+        vals.append(np.ones(n, np.float32))
+    mat = sp.csr_matrix((np.concatenate(vals).astype(np.float32),
+                         (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    mat.sort_indices()
+    return mat
+
+
+def cached_co_interaction(inter: sp.spmatrix, k: int, min_count: int = 1, self_loop: bool = False,
+                          weighting: str = "count", data_path: str | None = None,
+                          dataset: str | None = None) -> sp.csr_matrix:
+    """``co_interaction_graph`` through the disk cache, keyed by the binary training matrix, k,
+    the threshold, the self-loop and the weighting (a new split gives a new file)."""
+    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    return cached_sparse(f"co{k}-min{min_count}-{weighting}{'-self' if self_loop else ''}",
+                         (r, int(k), int(min_count), bool(self_loop), weighting),
+                         lambda: co_interaction_graph(r, k, min_count, self_loop, weighting),
+                         data_path, dataset)
+
+
+def union_max(a: sp.spmatrix, b: sp.spmatrix) -> sp.csr_matrix:
+    """Entry-wise max over the union of two sparsity patterns: an entry stored in both takes the
+    larger value, one stored in one only keeps it (a missing entry is not a 0, so a negative
+    value survives). SMORE's fusion graph of two normalised kNN graphs; not re-normalised."""
+    if a.shape != b.shape:
+        raise ValueError(f"union_max needs equal shapes, not {a.shape} and {b.shape}")
+    a, b = sp.csr_matrix(a, dtype=np.float32, copy=True), sp.csr_matrix(b, dtype=np.float32, copy=True)
+    a.sum_duplicates()
+    b.sum_duplicates()
+    a, b = a.tocoo(), b.tocoo()
+    n_cols = a.shape[1]
+    key = np.concatenate([a.row.astype(np.int64) * n_cols + a.col, b.row.astype(np.int64) * n_cols + b.col])
+    val = np.concatenate([a.data, b.data])
+    if key.size == 0:
+        return sp.csr_matrix(a.shape, dtype=np.float32)
+    order = np.argsort(key, kind="stable")
+    key, val = key[order], val[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    mat = sp.csr_matrix((np.maximum.reduceat(val, starts), (key[starts] // n_cols, key[starts] % n_cols)),
+                        shape=a.shape)
+    mat.sort_indices()
+    return mat
+
+
+# --- DRAGON: mixed modality kNN graphs, ranked neighbour lists, neighbour-list matrices ----------
+def mixed_knn_graph(feats: list[tuple[np.ndarray | torch.Tensor | None, float]], k: int,
+                    weighting: str = "binary", data_path: str | None = None,
+                    dataset: str | None = None) -> sp.csr_matrix:
+    """S = Σ_m w_m D^-1/2 kNN_k(X_m) D^-1/2 over the (features, weight) pairs whose features are
+    not None; with one modality present, its normalised graph alone (weight 1), as FREEDOM and
+    DRAGON do in MMRec. Each kNN graph comes through the disk cache (``cached_knn``)."""
+    present = [(f, float(w)) for f, w in feats if f is not None]
+    if not present:
+        raise ValueError("mixed_knn_graph needs at least one modality's features")
+    graphs = [sym_normalize(cached_knn(f, k, weighting, data_path, dataset)) for f, _ in present]
+    if len(graphs) == 1:
+        return graphs[0]
+    return sp.csr_matrix(sum(w * g for (_, w), g in zip(present, graphs)), dtype=np.float32)
+
+
+def ranked_neighbours(graph: sp.spmatrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's first ``k`` stored entries ranked by value descending, ties by smaller column
+    (the order ``co_interaction_graph`` keeps), as dense arrays: columns [n, k] and values
+    [n, k] (0 beyond a row's length) and the lengths [n] (at most k). No Python loop."""
+    g = sp.csr_matrix(graph, dtype=np.float32)
+    g.sum_duplicates()
+    n = g.shape[0]
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(g.indptr))
+    cols, vals = g.indices.astype(np.int64), g.data
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = np.arange(rows.size) - g.indptr[rows]
+    keep = rank < k
+    out_cols = np.zeros((n, k), dtype=np.int64)
+    out_vals = np.zeros((n, k), dtype=np.float32)
+    out_cols[rows[keep], rank[keep]] = cols[keep]
+    out_vals[rows[keep], rank[keep]] = vals[keep]
+    return out_cols, out_vals, np.minimum(np.diff(g.indptr), k).astype(np.int64)
+
+
+def neighbour_matrix(cols: torch.Tensor, weights: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """The n x ``n_cols`` torch CSR matrix whose row u is Σ_j weights[u, j] e_{cols[u, j]}: a column
+    listed twice in a row gets the sum of its weights; zero sums are not stored. Built on the
+    tensors' device without scatter or float cumsum (each row's list is sorted and equal runs are
+    summed over the k offsets, vectorised over rows), so it is deterministic on every device."""
+    n, k = cols.shape
+    cols, order = torch.sort(cols, dim=1, stable=True)
+    weights = torch.gather(weights, 1, order)
+    last = torch.ones_like(cols, dtype=torch.bool)           # last entry of a run of equal columns
+    last[:, :-1] = cols[:, 1:] != cols[:, :-1]
+    sums = weights.clone()                                   # at a run's end: the run's total
+    for d in range(1, k):                                    # runs are contiguous after the sort
+        same = cols[:, d:] == cols[:, :-d]
+        sums[:, d:] += torch.where(same, weights[:, :-d], torch.zeros_like(weights[:, :-d]))
+    keep = last & (sums != 0)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
+    torch.cumsum(keep.sum(1), 0, out=crow[1:])               # integer cumsum: deterministic
+    return torch.sparse_csr_tensor(crow, cols[keep], sums[keep], size=(n, n_cols), check_invariants=False)
