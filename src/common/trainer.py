@@ -58,6 +58,12 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def sums_text(sums: list[float]) -> str:
+    """A loss value for an error line: nan or inf, or the summed terms."""
+    total = sum(sums)
+    return str(total) if not math.isfinite(total) else ", ".join(f"{v:g}" for v in sums)
+
+
 def rng_state() -> dict:
     """Every RNG a training step may draw from: Python, numpy, torch's CPU and CUDA generators."""
     state = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
@@ -110,6 +116,9 @@ class Trainer:
         # Called as on_eval(epoch, valid_score) after every validation; it may raise to stop
         # the point (the search uses it for pruning).
         self.on_eval: Callable[[int, float], None] | None = None
+        # MMRec's req_training: a closed-form model (EASE) sets the class attribute
+        # ``req_training = False`` (an MMRec yaml may set the key); see _fit_without_batches.
+        self.req_training = getattr(model, "req_training", True) is not False and config["req_training"] is not False
 
     # --- one epoch -----------------------------------------------------------------------
     def run_epoch(self, train_data: Any, epoch: int) -> tuple[float | tuple, float]:
@@ -117,36 +126,60 @@ class Trainer:
         pruning), the batches and the scheduler step. Returns (loss, seconds)."""
         t0 = time.perf_counter()
         self.model.pre_epoch_processing()
-        loss = self._train_epoch(train_data, epoch)
-        self.scheduler.step()
+        if self.req_training:
+            loss = self._train_epoch(train_data, epoch)
+            self.scheduler.step()
+        else:
+            loss = self._fit_without_batches(train_data)
         if torch.device(self.device).type == "cuda":
             torch.cuda.synchronize(self.device)  # kernels still queued belong to this epoch
         return loss, time.perf_counter() - t0
 
-    def _train_epoch(self, train_data: Any, epoch: int) -> float | tuple:
+    def _fit_without_batches(self, train_data: Any) -> float:
+        """The epoch of a model that takes no gradient steps (``req_training`` False): one call of
+        its ``fit(train_data)`` if it has one (MMRec's such models fit in ``__init__``); no batch
+        is read, no scheduler step, loss 0."""
         self.model.train()
-        total = None
+        fit = getattr(self.model, "fit", None)
+        if callable(fit):
+            fit(train_data)
+        return 0.0
+
+    def _train_epoch(self, train_data: Any, epoch: int) -> float | tuple:
+        """The batches of one epoch. Loss sums and the non-finite check stay on the device and
+        are read once, at the end: no host-device synchronisation per step."""
+        self.model.train()
+        total = first_bad = None
+        n_terms = 0
         batches = progress(train_data, desc=f"epoch {epoch}", leave=False, disable=self.quiet)
-        for interaction in batches:
+        for step, interaction in enumerate(batches):
             interaction = interaction.to(self.device)
             self.optimizer.zero_grad()
             losses = self.model.calculate_loss(interaction)
-            if isinstance(losses, (tuple, list)):
-                loss = sum(losses)
-                values = tuple(float(x.detach()) for x in losses)
-                total = values if total is None else tuple(a + b for a, b in zip(total, values))
-            else:
-                loss = losses
-                total = float(loss.detach()) + (total or 0.0)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"training loss became {float(loss.detach())} at epoch {epoch}; lower "
-                                    f"learning_rate or check the model's regularisation")
+            terms = tuple(losses) if isinstance(losses, (tuple, list)) else (losses,)
+            loss = sum(terms) if len(terms) > 1 else terms[0]
+            values = torch.stack([torch.as_tensor(t).detach().reshape(()).double() for t in terms])
+            if total is None:
+                n_terms = len(terms)
+                total = torch.zeros_like(values)
+                first_bad = torch.full((), -1, dtype=torch.long, device=values.device)
+            total += values
+            # the first batch whose loss is not finite, kept on the device
+            bad = ~torch.isfinite(loss.detach()).reshape(())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss.backward()
             if self.clip:
                 kwargs = self.clip if isinstance(self.clip, dict) else {"max_norm": float(self.clip)}
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), **kwargs)
             self.optimizer.step()
-        return total if total is not None else 0.0
+        if total is None:
+            return 0.0
+        bad_step = int(first_bad)  # the epoch's one read-back, with the sums below
+        sums = total.tolist()
+        if bad_step >= 0:
+            raise TrainingError(f"training loss became {sums_text(sums)} at epoch {epoch} (first non-finite at "
+                                f"batch {bad_step}); lower learning_rate or check the model's regularisation")
+        return tuple(sums) if n_terms > 1 or isinstance(losses, (tuple, list)) else sums[0]
 
     @staticmethod
     def _loss_text(loss: float | tuple) -> str:
