@@ -59,3 +59,9 @@ def info_nce_indexed(a_all: torch.Tensor, b_all: torch.Tensor, index: torch.Tens
     if reduction == "sum":
         return total
     raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+
+
+def cosine_bootstrap(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean_k cos(online_k, target_k): the negative-free alignment loss of BM3 (BYOL-style);
+    ``target`` is used as given (detach it for a stop-gradient target)."""
+    return 1.0 - F.cosine_similarity(online, target, dim=-1).mean()
