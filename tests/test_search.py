@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -21,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optuna.trial import TrialState  # noqa: E402
 
 from pg_server import PostgresMissing, postgres_server  # noqa: E402
+from utils import quick_start  # noqa: E402
 from utils.configurator import Config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
-from utils.search import decode, encode, open_study, space  # noqa: E402
+from utils.results import DATA_KEY  # noqa: E402
+from utils.search import Worker, decode, encode, open_study, space, summarize  # noqa: E402
 
 REGS = [0.1, 0.01, 0.001]
 BASE = ["-m", "BPR", "-d", "ml100k", "--device", "cpu", "--quiet"]
@@ -103,6 +106,149 @@ def test_joining_a_study_with_another_config_is_refused(tmp_path: Path) -> None:
     open_study(Config("BPR", "ml100k", {"epochs": 2, "device": "cuda:3"}), args, tmp_path)  # device is free
     with pytest.raises(ConfigError, match="different config"):
         open_study(Config("BPR", "ml100k", {"epochs": 3}), args, tmp_path)
+
+
+# --- the claim, in one process with fake training --------------------------------------------
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """One throwaway PostgreSQL server for this module's in-process tests (each uses its own study)."""
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresMissing as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not installed here: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgres"])
+def storage_url(request, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path}/o.db" if request.param == "sqlite" else f"journal:{tmp_path}/o.log"
+
+
+@pytest.fixture
+def trained(monkeypatch) -> list:
+    """Fake data and training: each trained point's reg_weight is appended to the list."""
+    calls: list = []
+
+    def train_point(cfg, data, folder, on_eval=None) -> dict:
+        calls.append(cfg["reg_weight"])
+        score = {"recall@20": float(cfg["reg_weight"])}
+        return {"status": "ok", "error": None, "valid": score, "test": score, "seconds": 0.0}
+
+    monkeypatch.setattr(quick_start, "train_point", train_point)
+    monkeypatch.setattr(quick_start, "load_data",
+                        lambda config, cache_dir=None: quick_start.Data(None, None, None, None, config[DATA_KEY]))
+    return calls
+
+
+def make_worker(output: Path, url: str, search: str = "grid") -> Worker:
+    """A worker with its own storage connection, as in a separate process."""
+    cfg = Config("BPR", "ml100k", {"reg_weight": REGS, "epochs": 1})
+    cfg[DATA_KEY] = "fake-data"
+    args = argparse.Namespace(storage=url, study=f"t-{output.name}", search=search, prune="none",
+                              rerun=False, heartbeat=None)  # a study per test: the server is shared
+    return Worker(cfg, args, output, open_study(cfg, args, output))
+
+
+def test_a_point_queued_twice_is_trained_once(tmp_path: Path, storage_url: str, trained: list) -> None:
+    w1, w2 = make_worker(tmp_path, storage_url), make_worker(tmp_path, storage_url)
+    pid = next(iter(w1.points))
+    w1.enqueue(pid)
+    w2.enqueue(pid)  # two workers queue a claim for the same point at the same moment
+    first, second = w1.study.get_trials()
+    assert first.number < second.number and first.params == second.params == {}  # fixed, not yet set
+    # Taking a trial is atomic: only one worker gets it.
+    assert w2.study._storage.set_trial_state_values(second._trial_id, state=TrialState.RUNNING)
+    assert not w1.study._storage.set_trial_state_values(second._trial_id, state=TrialState.RUNNING)
+    w2.run_trial(second._trial_id)  # the later claim yields to the earlier one, still waiting
+    assert trained == []
+    assert w1.take() and trained == [REGS[0]]  # the earlier claim trains
+    first, second = w1.study.get_trials()
+    assert first.state == TrialState.COMPLETE and first.user_attrs["reused"] is False
+    assert second.state == TrialState.FAIL and second.user_attrs["duplicate_of"] == first.number
+
+
+def test_a_claim_whose_worker_died_is_taken_over(tmp_path: Path, storage_url: str, trained: list) -> None:
+    w1, w2 = make_worker(tmp_path, storage_url), make_worker(tmp_path, storage_url)
+    pid = list(w1.points)[1]
+    w1.enqueue(pid)
+    w2.enqueue(pid)
+    dead, spare = w1.study.get_trials()
+    assert w1.study._storage.set_trial_state_values(dead._trial_id, state=TrialState.RUNNING)
+    w1.study._storage.set_trial_state_values(dead._trial_id, state=TrialState.FAIL)  # as fail_stale does
+    assert w2.take() and trained == [REGS[1]]  # the earlier claim is dead: the later one trains
+    # Both workers finish the grid: every other point trained once, the same summary on each.
+    w1.run()
+    w2.run()
+    assert sorted(trained) == sorted(REGS)
+    assert summarize(w1.config, w1.study)["parameters"] == summarize(w2.config, w2.study)["parameters"]
+    w1.run()  # a finished study: nothing more
+    assert len(trained) == len(REGS)
+
+
+def test_tpe_trains_each_point_once(tmp_path: Path, storage_url: str, trained: list) -> None:
+    w1, w2 = make_worker(tmp_path, storage_url, "tpe"), make_worker(tmp_path, storage_url, "tpe")
+    w1.run(2)
+    assert 1 <= len(trained) <= 2 and len(set(trained)) == len(trained)
+    w2.run(50)  # more trials than points: it stops when every point is settled
+    assert sorted(trained) == sorted(REGS)
+    claims = [t for t in w1.study.get_trials() if t.user_attrs.get("role") == "claim"
+              and t.state == TrialState.COMPLETE]
+    assert len(claims) == len(REGS) and len({json.dumps(t.params, sort_keys=True) for t in claims}) == len(REGS)
+
+
+RACER = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {src!r})
+sys.path.insert(0, {tests!r})
+import test_search as ts
+from utils import quick_start
+
+out, url, log = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def train_point(cfg, data, folder, on_eval=None):
+    with open(log, "a") as fh:
+        fh.write(f"{{cfg['reg_weight']}}\\n")
+    time.sleep(0.05)
+    score = {{"recall@20": float(cfg["reg_weight"])}}
+    return {{"status": "ok", "error": None, "valid": score, "test": score, "seconds": 0.05}}
+
+quick_start.train_point = train_point
+quick_start.load_data = lambda config, cache_dir=None: quick_start.Data(None, None, None, None, "fake-data")
+worker = ts.make_worker(out, url)  # joined before the start, so that they all queue at once
+(out / f"ready{{os.getpid()}}").touch()
+while not (out / "go").exists():
+    time.sleep(0.005)
+worker.run()
+"""
+
+
+@pytest.mark.slow
+def test_workers_started_together_train_each_point_once(tmp_path: Path, storage_url: str) -> None:
+    """Four processes released at the same instant queue the same points: each trains once."""
+    script = tmp_path / "racer.py"
+    script.write_text(RACER.format(src=str(ROOT / "src"), tests=str(Path(__file__).resolve().parent)))
+    log = tmp_path / "trained.txt"
+    make_worker(tmp_path, storage_url)  # the study exists before the race, as run_search makes it
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), storage_url, str(log)], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready*"))) < len(procs) and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(o[-2000:] for o in outs)
+    assert sorted(float(x) for x in log.read_text().split()) == sorted(REGS)
+    states = [t.state for t in make_worker(tmp_path, storage_url).study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == len(REGS) and TrialState.WAITING not in states  # dups closed
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
-"""Loading and validating an MMRec-format dataset: ``<name>.inter`` plus optional feature files."""
+"""Loading and validating an MMRec-format dataset: ``<name>.inter`` plus optional feature files,
+and the fingerprint of their content that results are keyed by."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from utils.errors import DataError
+from utils.results import atomic_write
 
 OBTAIN_HINT = ("put MMRec's preprocessed files there (see README, 'Data'), "
                "or build them with `python src/prepare.py`")
@@ -70,6 +74,94 @@ def load_feature(path: Path, n_items: int) -> np.ndarray | None:
     return feat
 
 
+FEATURE_KEYS = ("vision_feature_file", "text_feature_file")
+
+
+def data_files(config: Any) -> dict[str, Path]:
+    """The files a dataset is read from: ``inter``, and for a multimodal model each configured
+    feature file (a missing one is still listed: it leaves its modality out)."""
+    folder = Path(config["data_path"]) / config["dataset"]
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist: {OBTAIN_HINT}")
+    inter_file = folder / (config["inter_file_name"] or f"{config['dataset']}.inter")
+    if not inter_file.exists():
+        raise DataError(f"interaction file {inter_file} is missing: {OBTAIN_HINT}")
+    files = {"inter": inter_file}
+    if config["is_multimodal_model"]:
+        files.update({key: folder / config[key] for key in FEATURE_KEYS if config[key]})
+    return files
+
+
+# --- content fingerprint --------------------------------------------------------------------
+# sha256 of each file, cached by its resolved path with (size, mtime_ns, ctime_ns): in memory for
+# this process and, given a cache folder (the output folder, never the data folder), in a JSON
+# file there that other workers and later runs read. Any write to a file changes its ctime.
+FINGERPRINT_CACHE = "data_fingerprints.json"
+_DIGESTS: dict[str, dict] = {}
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path | None) -> dict[str, dict]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))["files"]
+        return {k: v for k, v in found.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # a damaged cache is only a cache: hash again
+
+
+def _write_cache(path: Path, entries: dict[str, dict]) -> None:
+    """Merge ``entries`` into the cache file (re-read first: other workers may have added some)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**_read_cache(path), **entries}
+        with atomic_write(path) as fh:
+            fh.write(json.dumps({"files": merged}, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        logging.getLogger().warning(f"cannot write the data fingerprint cache {path}: {exc}")
+
+
+def fingerprint(config: Any, cache_dir: Path | None = None) -> str:
+    """A short hash of the content of the files this config reads (``data_files``), so that two
+    different copies of a dataset under one name never share results (and equal copies do)."""
+    cache_path = Path(cache_dir) / FINGERPRINT_CACHE if cache_dir is not None else None
+    on_disk: dict[str, dict] | None = None
+    fresh: dict[str, dict] = {}
+    parts: dict[str, str | None] = {}
+    for role, path in data_files(config).items():
+        if not path.exists():
+            parts[role] = None  # a missing feature file: that modality is left out
+            continue
+        name, stamp = str(path.resolve()), _stamp(path)
+        entry = _DIGESTS.get(name)
+        if entry is None or {k: entry.get(k) for k in stamp} != stamp:
+            on_disk = _read_cache(cache_path) if on_disk is None else on_disk
+            entry = on_disk.get(name)
+            if entry is None or {k: entry.get(k) for k in stamp} != stamp:
+                entry = fresh[name] = {**stamp, "sha256": _sha256(path)}
+            _DIGESTS[name] = entry
+        parts[role] = entry["sha256"]
+    if fresh and cache_path is not None:
+        _write_cache(cache_path, fresh)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class RecDataset:
     """All interactions of a dataset, with its split labels and item features.
 
@@ -87,12 +179,8 @@ class RecDataset:
             self.users, self.items, self.labels = users, items, labels
             return
         self.dataset_name = config["dataset"]
-        folder = Path(config["data_path"]) / self.dataset_name
-        if not folder.is_dir():
-            raise DataError(f"dataset folder {folder} does not exist: {OBTAIN_HINT}")
-        inter_file = folder / (config["inter_file_name"] or f"{self.dataset_name}.inter")
-        if not inter_file.exists():
-            raise DataError(f"interaction file {inter_file} is missing: {OBTAIN_HINT}")
+        files = data_files(config)
+        inter_file = files["inter"]
         uid, iid = config["USER_ID_FIELD"] or "userID", config["ITEM_ID_FIELD"] or "itemID"
         lab = config["inter_splitting_label"] or "x_label"
         sep = config["field_separator"] or "\t"
@@ -111,10 +199,9 @@ class RecDataset:
         if config["filter_out_cod_start_users"]:
             self._drop_cold_start_users()
         self.v_feat = self.t_feat = None
-        if config["is_multimodal_model"]:
-            for attr, key in (("v_feat", "vision_feature_file"), ("t_feat", "text_feature_file")):
-                if config[key]:
-                    setattr(self, attr, load_feature(folder / config[key], self.n_items))
+        for attr, key in (("v_feat", "vision_feature_file"), ("t_feat", "text_feature_file")):
+            if files.get(key) is not None:
+                setattr(self, attr, load_feature(files[key], self.n_items))
 
     def _drop_cold_start_users(self) -> None:
         warm = np.zeros(self.n_users, dtype=bool)

@@ -17,10 +17,10 @@ import yaml
 from common.trainer import Trainer, save_atomic
 from utils.configurator import Config
 from utils.dataloader import EvalDataLoader, TrainDataLoader
-from utils.dataset import RecDataset
+from utils.dataset import RecDataset, fingerprint
 from utils.errors import ConfigError, TrainingError
 from utils.metrics import dict2str
-from utils.results import ResultsStore, best_record, point_key
+from utils.results import DATA_KEY, ResultsStore, atomic_write, best_record, point_key
 from utils.utils import get_model, init_seed
 
 
@@ -37,16 +37,21 @@ class Data:
     train: TrainDataLoader
     valid: EvalDataLoader
     test: EvalDataLoader
+    fingerprint: str | None = None  # dataset.fingerprint of the files it was read from
 
 
-def load_data(config: Config) -> Data:
+def load_data(config: Config, cache_dir: Path | None = None) -> Data:
+    """Read the dataset and build its loaders; also sets ``config["data_fingerprint"]`` (the
+    content hash that point keys include), cached in ``cache_dir`` when given."""
     dataset = RecDataset(config)
     logging.getLogger().info("\n" + dataset.statistics())
+    config[DATA_KEY] = fingerprint(config, cache_dir)
     train, valid, test = dataset.split()
     return Data(dataset,
                 TrainDataLoader(config, train, batch_size=config["train_batch_size"], shuffle=True),
                 EvalDataLoader(config, valid, additional_dataset=train, batch_size=config["eval_batch_size"]),
-                EvalDataLoader(config, test, additional_dataset=train, batch_size=config["eval_batch_size"]))
+                EvalDataLoader(config, test, additional_dataset=train, batch_size=config["eval_batch_size"]),
+                config[DATA_KEY])
 
 
 def grid_points(config: Config) -> list[dict]:
@@ -65,6 +70,13 @@ def run_dir(output_dir: Path, config: Any, key: str) -> Path:
 
 def plain_config(config: Any) -> dict:
     return {k: (str(v) if isinstance(v, torch.device) else v) for k, v in config.final_config_dict.items()}
+
+
+def write_point_config(folder: Path, config: Any) -> None:
+    """``folder/config.yaml``, written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / "config.yaml") as fh:
+        fh.write(yaml.safe_dump(plain_config(config), sort_keys=True).encode())
 
 
 def train_point(cfg: Config, data: Data, folder: Path,
@@ -90,7 +102,10 @@ def train_point(cfg: Config, data: Data, folder: Path,
         log.error(f"grid point failed: {exc}")
         record.update(status="failed", error=str(exc))
         fit = None
-    record["seconds"] = round(time.perf_counter() - start, 3)
+    # A resumed point counts the seconds of its earlier runs too (kept in resume.pt).
+    earlier = float(getattr(fit, "resumed_seconds", 0.0) or 0.0) if fit is not None else 0.0
+    record.update(seconds=round(time.perf_counter() - start + earlier, 3),
+                  threads=torch.get_num_threads(), device=str(cfg["device"]))
     if fit is not None:
         train_t = [h["train_seconds"] for h in fit.history]
         eval_t = [h["eval_seconds"] for h in fit.history if "eval_seconds" in h]
@@ -100,9 +115,8 @@ def train_point(cfg: Config, data: Data, folder: Path,
                       seconds_per_eval=float(np.median(eval_t)) if eval_t else None)
         if fit.test_eval is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / "per_user_test.tmp.npz"
-            np.savez_compressed(tmp, users=fit.test_eval.users, **fit.test_eval.per_user)
-            tmp.replace(folder / "per_user_test.npz")
+            with atomic_write(folder / "per_user_test.npz") as fh:  # a file object: no ".npz" appended
+                np.savez_compressed(fh, users=fit.test_eval.users, **fit.test_eval.per_user)
             record["per_user"] = str(folder / "per_user_test.npz")
         if fit.best_state is not None and cfg["save_model"] is not False:
             save_atomic({"state_dict": fit.best_state, "config": plain_config(cfg)}, folder / "model.pth")
@@ -113,7 +127,9 @@ def train_point(cfg: Config, data: Data, folder: Path,
 def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> dict | None:
     """Run (or reuse) every grid point; log MMRec's summary; return the best record."""
     log = logging.getLogger()
-    data = data or load_data(config)
+    data = data or load_data(config, options.output_dir)
+    if data.fingerprint is not None:
+        config[DATA_KEY] = data.fingerprint  # keys name the data actually trained on
     store = ResultsStore(Path(options.output_dir) / "results.jsonl")
     metric = str(config["valid_metric"] or "Recall@20").lower()
     points = grid_points(config)
@@ -128,12 +144,11 @@ def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> d
             done.append((point, previous))
             continue
         folder = run_dir(options.output_dir, cfg, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "config.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(plain_config(cfg), fh, sort_keys=True)
+        write_point_config(folder, cfg)
         record = train_point(cfg, data, folder)
         record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
-                      seed=int(cfg["seed"]), valid_metric=metric, finished_at=time.time())
+                      seed=int(cfg["seed"]), valid_metric=metric, finished_at=time.time(),
+                      data_fingerprint=cfg[DATA_KEY])
         store.append(record)
         (folder / "resume.pt").unlink(missing_ok=True)
         done.append((point, record))

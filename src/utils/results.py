@@ -2,14 +2,22 @@
 
 Lines are appended with a single write, so a crash can at worst leave a torn last line, which
 readers skip. Concurrent workers may append to the same file.
+
+A point's key hashes its config, ``data_fingerprint`` included: the hash of the dataset files'
+content that ``quick_start.load_data`` puts in the config (``dataset.fingerprint``). Records made
+before it was part of the key still parse and are listed; they just match no new key.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable, Iterator
+
+DATA_KEY = "data_fingerprint"  # the config (and record) field holding the dataset's fingerprint
 
 # Config keys that do not change a result: they are left out of a grid point's identity.
 VOLATILE_KEYS = {"device", "quiet", "output_dir", "use_gpu", "gpu_id", "checkpoint_interval",
@@ -37,6 +45,22 @@ def point_key(config: dict) -> str:
             if k not in VOLATILE_KEYS and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary file of this process beside it, renamed into place on
+    success: readers never see a torn file, and concurrent writers never share a temporary."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed
 
 
 class ResultsStore:

@@ -1,9 +1,32 @@
 """Grid or TPE search through an Optuna study, shared by any number of workers and machines.
 
 Every worker runs the same command with the same ``--storage`` and ``--study``; Optuna's storage
-is the only coordination. Each grid point is trained once (a duplicate hand-out is skipped), a
-worker killed mid-trial is detected by Optuna's heartbeat and its trial retried (resuming from
-``resume.pt``), and every worker ends with the same MMRec summary, read back from the study.
+is the only coordination, and every worker ends with the same MMRec summary, read from the study.
+
+**How a point is claimed.** Each grid point is trained through a *claim*: a trial created WAITING
+with the point's params fixed at creation (``enqueue_trial``; user attrs ``role: claim`` and
+``point``, written in the same storage operation that creates the trial). A worker takes a WAITING
+trial with Optuna's WAITING -> RUNNING switch (``set_trial_state_values``), which is atomic: a
+row lock (SELECT ... FOR UPDATE) under PostgreSQL, the order of the log under a journal file, and
+under SQLite, where FOR UPDATE does nothing, a file lock of ours around it (``sqlite_lock``; SQLite
+serves one machine). So each claim runs on one worker.
+Two workers may still queue a claim for the same point at the same moment; then the claim with the
+lowest trial number wins. Trial numbers are handed out atomically and in creation order (RDBStorage
+numbers a trial inside the write transaction that inserts it, after locking the study row, which
+SQLite's single writer makes implicit; the journal numbers in log order), so a claim created later
+always has a higher number, and every lower one is visible to whoever holds it. A worker that
+took claim N looks, before training, at the claims of the same point numbered below N: if one is
+waiting, running or settled, N is closed as its duplicate (FAIL with ``duplicate_of``) untrained. Claims that died never
+come back (a FAIL is final), so at most one claim of a point trains at a time and a settled one
+is never trained again. With ``--search tpe`` a worker first runs a *proposal* trial (queued the
+same way, ``role: proposal``) in which TPE picks the params; a new point becomes a claim, a point
+already settled completes the proposal with the known value (TPE learns it again), and the
+proposal itself is closed (FAIL), which TPE ignores.
+
+**Dead workers.** A worker stamps its running trial (Optuna's RDB heartbeat, or a ``heartbeat``
+system attr under a journal); any worker fails a trial whose stamp is older than twice the
+interval. A point whose claim died is queued again (up to ``MAX_RETRY`` times) by the next worker
+that looks, and resumes from its ``resume.pt``.
 """
 from __future__ import annotations
 
@@ -17,29 +40,36 @@ import random
 import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
-import yaml
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from utils import quick_start
 from utils.configurator import Config
-from utils.errors import ConfigError
+from utils.dataset import fingerprint as data_fingerprint
+from utils.errors import ConfigError, DataError
 from utils.metrics import dict2str
-from utils.results import ResultsStore, point_key
+from utils.results import DATA_KEY, ResultsStore, point_key
 
 MAX_RETRY = 3            # a point whose worker died this many times more is given up
 POLL_S = 1.0             # how often an idle worker looks at the study again
 DEFAULT_HEARTBEAT_S = 60  # heartbeat interval; grace period is twice that
 RECORD_KEYS = ("status", "error", "valid", "test", "best_epoch", "epochs_run", "seconds", "key",
-               "parameters", "seed", "valid_metric", "model", "dataset", "checkpoint", "per_user")
+               "parameters", "seed", "valid_metric", "model", "dataset", "checkpoint", "per_user",
+               "threads", "device", DATA_KEY)
+CLAIM, PROPOSAL = "claim", "proposal"  # the roles of a trial (user attr "role")
 
 
 class PointFailed(Exception):
     """Training of a point ended in a recorded failure (e.g. NaN loss): a result, not a crash."""
+
+
+class Closed(Exception):
+    """The trial is closed without training (a duplicate claim, a proposal): not a death."""
 
 
 # --- parameters <-> Optuna ------------------------------------------------------------------
@@ -69,7 +99,8 @@ def ident(params: dict) -> str:
 
 
 def fingerprint(config: Config, search: str) -> str:
-    """What must be equal for two workers to share a study (grid lists included, device not)."""
+    """What must be equal for two workers to share a study (grid lists and the data's content
+    fingerprint included, device not)."""
     return point_key({**config.final_config_dict, "__search__": search})
 
 
@@ -90,17 +121,11 @@ def storage_url(args: argparse.Namespace, output: Path) -> str:
     return args.storage or f"sqlite:///{output / 'optuna.db'}"
 
 
-def retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    """Re-queue a dead worker's trial with its params, so that another worker resumes it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
-
-
 @contextlib.contextmanager
-def creation_lock(url: str) -> Iterator[None]:
-    """For SQLite, an exclusive file lock around opening the storage, so that local workers
-    starting together do not race to create (and stamp) the schema."""
+def sqlite_lock(url: str) -> Iterator[None]:
+    """For SQLite, an exclusive file lock beside the database (SQLite serves one machine): around
+    opening the storage, so that local workers starting together do not race to create the schema,
+    and around taking a trial, which Optuna does with SELECT ... FOR UPDATE, a no-op in SQLite."""
     if not url.startswith("sqlite"):
         yield
         return
@@ -115,8 +140,10 @@ def creation_lock(url: str) -> Iterator[None]:
 
 
 def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
-    """A SQLAlchemy URL -> RDBStorage with heartbeat and retry; ``journal:PATH`` -> JournalStorage."""
-    retry = retry_callback()
+    """A SQLAlchemy URL -> RDBStorage with heartbeat; ``journal:PATH`` -> JournalStorage.
+
+    No stale-trial callback: a dead worker's trial is only failed, and ``Worker`` queues its
+    point again (the same way for every storage and every cause of death)."""
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):]).expanduser()
         if not url[len("journal:"):]:
@@ -135,10 +162,10 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     error = ""
     for attempt in range(5):  # workers starting together race to create the tables: try again
         try:
-            with warnings.catch_warnings(), creation_lock(url):
+            with warnings.catch_warnings(), sqlite_lock(url):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                  grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
+                                  grace_period=2 * heartbeat)
         except ImportError as exc:
             raise ConfigError(f"--storage {url.split(':', 1)[0]} needs a driver: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; one line is enough
@@ -150,14 +177,12 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
 
 
 def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna.Study:
-    """Create or join the study; refuse one that was made with a different config."""
+    """Create or join the study; refuse one that was made with a different config or data."""
     url = storage_url(args, output)
     storage = make_storage(url, heartbeat_seconds(args))
     name = args.study or f"{config['model']}-{config['dataset']}-{args.search}"
-    if args.search == "grid":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(space(config))
-    else:
-        sampler = optuna.samplers.TPESampler()
+    # Claims carry their params, so the grid needs no sampler; TPE samples in proposals.
+    sampler = optuna.samplers.TPESampler() if args.search == "tpe" else optuna.samplers.RandomSampler()
     pruner = optuna.pruners.MedianPruner() if args.prune == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name,
                                 direction="maximize", load_if_exists=True)
@@ -167,28 +192,42 @@ def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna
         study.set_user_attr("config_fingerprint", mine)
         study.set_user_attr("grid", {k: config[k] for k in config.grid_keys})
     elif theirs != mine:
-        raise ConfigError(f"study '{name}' in {url} was made with a different config or search "
+        raise ConfigError(f"study '{name}' in {url} was made with a different config, data or search "
                           f"(fingerprint {theirs}, yours {mine}); use the same command or another --study")
     return study
 
 
-# --- heartbeat for journal storage ----------------------------------------------------------
-# Optuna 5 has heartbeats for RDBStorage only; a journal worker stamps its trial instead, and
-# stale stamps are failed and retried with the same callback that RDBStorage uses.
+# --- heartbeat ------------------------------------------------------------------------------
+def optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage has Optuna's own heartbeat (RDBStorage, which Optuna wraps in a cache;
+    its stamps use the database's clock). Journal storage has none."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and hasattr(storage, "record_heartbeat") and interval() is not None
+
+
 @contextlib.contextmanager
-def journal_heartbeat(study: optuna.Study, trial: Trial, seconds: int) -> Iterator[None]:
-    if isinstance(study._storage, RDBStorage):
-        yield  # Optuna's own heartbeat thread runs around the objective
-        return
+def heartbeat(study: optuna.Study, trial_id: int, seconds: int) -> Iterator[None]:
+    """Stamp the trial now and every ``seconds`` until the block ends: Optuna's heartbeat where
+    the storage has one, else a ``heartbeat`` system attr read by ``fail_stale``."""
+    storage = study._storage
+    if optuna_heartbeat(storage):
+        def beat() -> None:
+            storage.record_heartbeat(trial_id)
+    else:
+        def beat() -> None:
+            storage.set_trial_system_attr(trial_id, "heartbeat", time.time())
+    beat()  # at once: a claim is never left without a stamp for long
     stop = threading.Event()
 
-    def beat() -> None:
-        while True:
-            study._storage.set_trial_system_attr(trial._trial_id, "heartbeat", time.time())
-            if stop.wait(seconds):
+    def loop() -> None:
+        while not stop.wait(seconds):
+            try:
+                beat()
+            except Exception as exc:  # noqa: BLE001 - e.g. another worker failed the trial as stale
+                logging.getLogger().warning(f"heartbeat of trial id {trial_id} stopped: {exc}")
                 return
 
-    thread = threading.Thread(target=beat, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
         yield
@@ -198,62 +237,97 @@ def journal_heartbeat(study: optuna.Study, trial: Trial, seconds: int) -> Iterat
 
 
 def fail_stale(study: optuna.Study, seconds: int) -> None:
-    """Mark trials of dead workers FAIL and enqueue their retry."""
-    if isinstance(study._storage, RDBStorage):
+    """Mark the trials of dead workers FAIL (their points are queued again by ``Worker``)."""
+    if optuna_heartbeat(study._storage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
         return
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        stamp = t.system_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
-        if now - stamp > 2 * seconds:
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if now - max(float(t.system_attrs.get("heartbeat", 0.0)), started) > 2 * seconds:
             try:
                 if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     logging.getLogger().warning(f"trial {t.number} lost its worker; it will be retried")
-                    retry_callback()(study, study._storage.get_trial(t._trial_id))
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker failed it first
 
 
 # --- the study's view of the grid -----------------------------------------------------------
+def role(t: FrozenTrial) -> str | None:
+    return t.user_attrs.get("role")
+
+
+def point_of(t: FrozenTrial) -> str | None:
+    """The point a claim stands for (fixed when it was created); None for other trials."""
+    return t.user_attrs.get("point") if role(t) == CLAIM else None
+
+
 def is_duplicate(t: FrozenTrial) -> bool:
-    return "duplicate_of" in t.user_attrs
+    return t.user_attrs.get("duplicate_of") is not None
+
+
+def is_live(t: FrozenTrial) -> bool:
+    return t.state in (TrialState.WAITING, TrialState.RUNNING) and not is_duplicate(t)
 
 
 def settles(t: FrozenTrial) -> bool:
-    """Whether a trial is a point's final outcome (trained, recorded failure, or pruned)."""
-    if is_duplicate(t):
+    """Whether a claim is its point's final outcome (trained, recorded failure, or pruned)."""
+    if point_of(t) is None or is_duplicate(t):
         return False
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed"
 
 
-def scan(study: optuna.Study) -> tuple[dict[str, FrozenTrial], dict[str, int], set[str], int, int]:
-    """(settled point -> trial, point -> worker deaths, running points, waiting trials, grid ids used)."""
-    settled: dict[str, FrozenTrial] = {}
-    deaths: dict[str, int] = {}
-    running: set[str] = set()
-    waiting, used = 0, set()
+def died(t: FrozenTrial) -> bool:
+    """A claim that ended FAIL without a result: its worker died or crashed."""
+    return (point_of(t) is not None and t.state == TrialState.FAIL and not is_duplicate(t)
+            and t.user_attrs.get("status") != "failed")
+
+
+@dataclass
+class View:
+    """The study's trials seen as grid points."""
+    settled: dict[str, FrozenTrial] = field(default_factory=dict)  # point -> the claim that settled it
+    live: dict[str, list[FrozenTrial]] = field(default_factory=dict)  # point -> waiting/running claims
+    deaths: dict[str, int] = field(default_factory=dict)
+    finished: int = 0   # COMPLETE or PRUNED trials (the budget of --trials)
+    proposals: int = 0  # waiting or running proposals
+
+    def running(self) -> set[str]:
+        return {p for p, ts in self.live.items() if any(t.state == TrialState.RUNNING for t in ts)}
+
+
+def scan(study: optuna.Study) -> View:
+    view = View()
     for t in study.get_trials(deepcopy=False):
-        pid = ident(t.params)
-        if t.state == TrialState.WAITING:
-            waiting += 1
-            continue
-        if "grid_id" in t.system_attrs:
-            used.add(t.system_attrs["grid_id"])
-        if t.state == TrialState.RUNNING:
-            running.add(pid if t.params else f"#{t.number}")
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            view.finished += 1
+        pid = point_of(t)
+        if pid is None:
+            view.proposals += role(t) == PROPOSAL and is_live(t)
         elif settles(t):
-            settled.setdefault(pid, t)
-        elif t.state == TrialState.FAIL:
-            deaths[pid] = deaths.get(pid, 0) + 1
-    return settled, deaths, running, waiting, len(used)
+            view.settled.setdefault(pid, t)
+        elif is_live(t):
+            view.live.setdefault(pid, []).append(t)
+        elif died(t):
+            view.deaths[pid] = view.deaths.get(pid, 0) + 1
+    return view
 
 
 def given_up(deaths: dict[str, int], pid: str) -> bool:
     return deaths.get(pid, 0) > MAX_RETRY
+
+
+def earlier_claim(study: optuna.Study, number: int, pid: str) -> FrozenTrial | None:
+    """A claim of the same point numbered below ``number`` that is waiting, running or settled:
+    it has priority (see the module docstring)."""
+    for t in study.get_trials(deepcopy=False):
+        if t.number < number and point_of(t) == pid and (is_live(t) or settles(t)):
+            return t
+    return None
 
 
 # --- one trial ------------------------------------------------------------------------------
@@ -269,53 +343,107 @@ def pruning_callback(trial: Trial) -> Callable[[int, float], None]:
 
 
 class Worker:
-    """Trains the points Optuna hands out, one trial at a time."""
+    """Takes the study's queued trials one at a time: trains claims, runs TPE's proposals."""
 
     def __init__(self, config: Config, args: argparse.Namespace, output: Path, study: optuna.Study) -> None:
         self.config, self.args, self.output, self.study = config, args, output, study
+        if config[DATA_KEY] is None:  # keys must name the data (run_search has hashed it already)
+            config[DATA_KEY] = data_fingerprint(config, output)
         self.store = ResultsStore(output / "results.jsonl")
         self.metric = str(config["valid_metric"] or "Recall@20").lower()
         self.heartbeat = heartbeat_seconds(args)
         self.choices = space(config)
+        self.points = {ident(p): p for p in self.grid_params()}
         self.data: quick_start.Data | None = None
+        self.url = storage_url(args, output)
         self.log = logging.getLogger()
 
+    # --- queue and take -------------------------------------------------------------------
+    def enqueue(self, pid: str) -> None:
+        """Queue a claim for a point: params, role and point fixed at its creation."""
+        self.study.enqueue_trial(self.points[pid], user_attrs={"role": CLAIM, "point": pid})
+
+    def take(self, only: Any = None) -> bool:
+        """Take one WAITING trial (atomically; if ``only``, a claim of one of those points) and run
+        it; False when none was left."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if only is not None and point_of(t) not in only:
+                continue
+            try:
+                with sqlite_lock(self.url):
+                    if not self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                        continue  # another worker took it first
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            self.run_trial(t._trial_id)
+            return True
+        return False
+
+    def run_trial(self, trial_id: int) -> None:
+        """Run a taken trial under a heartbeat and tell the study how it ended."""
+        self.study._thread_local.cached_all_trials = None  # samplers must see the latest trials
+        with heartbeat(self.study, trial_id, self.heartbeat):
+            trial = Trial(self.study, trial_id)
+            try:
+                value = self.propose(trial) if trial.user_attrs.get("role") == PROPOSAL else self.objective(trial)
+            except optuna.TrialPruned as exc:
+                self.log.info(f"trial {trial.number} pruned: {exc}")
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
+            except (PointFailed, Closed):
+                self.study.tell(trial, state=TrialState.FAIL)
+                return
+            except BaseException:
+                with contextlib.suppress(Exception):  # a crash or Ctrl-C: the point is queued again later
+                    self.study.tell(trial, state=TrialState.FAIL)
+                raise
+        self.study.tell(trial, value)
+
+    # --- what a trial does ----------------------------------------------------------------
     def objective(self, trial: Trial) -> float:
+        """A claim: skip it if an earlier claim of its point has priority, else reuse or train."""
         params = {k: trial.suggest_categorical(k, v) for k, v in self.choices.items()}
         point = decode(self.config, params)
         cfg = self.config.point(point)
         key = point_key(cfg.final_config_dict)
         trial.set_user_attr("key", key)
+        earlier = earlier_claim(self.study, trial.number, trial.user_attrs["point"])
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            self.log.info(f"trial {trial.number}: its point was claimed first by trial {earlier.number}; skipped")
+            raise Closed
         self.log.info(f"=========trial {trial.number}: Parameters:{quick_start.params_text(point)}=======")
-        same = self.earlier_twin(trial, params)
-        if same is not None:
-            trial.set_user_attr("duplicate_of", same.number)
-            if self.args.search == "tpe" and same.state == TrialState.COMPLETE:
-                return float(same.value)  # TPE asked again: the known value teaches it as much
-            raise optuna.TrialPruned(f"point already taken by trial {same.number}; skipped")
         previous = None if self.args.rerun else self.store.finished(key)
         if previous is not None:
             self.log.info(f"already in results.jsonl ({previous['status']}), reusing it without training")
             return self.finish(trial, previous, reused=True)
-        with journal_heartbeat(self.study, trial, self.heartbeat):
-            return self.train(trial, cfg, point, key)
+        return self.train(trial, cfg, point, key)
 
-    def earlier_twin(self, trial: Trial, params: dict) -> FrozenTrial | None:
-        """A trial of the same point that settled, or runs and is older (the older one wins)."""
-        for t in self.study.get_trials(deepcopy=False):
-            if t.number == trial.number or t.params != params or is_duplicate(t):
-                continue
-            if settles(t) or (t.state == TrialState.RUNNING and t.number < trial.number):
-                return t
-        return None
+    def propose(self, trial: Trial) -> float:
+        """A TPE proposal: TPE picks a point; a new one is queued as a claim."""
+        params = {k: trial.suggest_categorical(k, v) for k, v in self.choices.items()}
+        pid = ident(params)
+        view = scan(self.study)
+        if pid in view.settled:
+            same = view.settled[pid]
+            trial.set_user_attr("duplicate_of", same.number)
+            if same.state == TrialState.COMPLETE:
+                return float(same.value)  # TPE asked again: the known value teaches it as much
+        elif pid in view.live:
+            trial.set_user_attr("duplicate_of", view.live[pid][0].number)
+            time.sleep(POLL_S)  # TPE insists on a point being trained: do not spin
+        elif not given_up(view.deaths, pid):
+            self.enqueue(pid)
+        raise Closed
 
     def train(self, trial: Trial, cfg: Config, point: dict, key: str) -> float:
         if self.data is None:
-            self.data = quick_start.load_data(self.config)
+            self.data = quick_start.load_data(self.config, self.output)
+            if self.data.fingerprint != cfg[DATA_KEY]:
+                raise DataError(f"the files of dataset {cfg['dataset']} changed since this search started "
+                                f"(fingerprint {cfg[DATA_KEY]}, now {self.data.fingerprint}); start it again")
         folder = quick_start.run_dir(self.output, cfg, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "config.yaml", "w", encoding="utf-8") as fh:
-            yaml.safe_dump(quick_start.plain_config(cfg), fh, sort_keys=True)
+        quick_start.write_point_config(folder, cfg)
         pruning = self.args.prune != "none"
         try:
             record = quick_start.train_point(cfg, self.data, folder,
@@ -326,7 +454,8 @@ class Worker:
                                            "seed": int(cfg["seed"]), "valid_metric": self.metric})
             raise
         record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
-                      seed=int(cfg["seed"]), valid_metric=self.metric, finished_at=time.time())
+                      seed=int(cfg["seed"]), valid_metric=self.metric, finished_at=time.time(),
+                      data_fingerprint=cfg[DATA_KEY])
         self.store.append(record)
         (folder / "resume.pt").unlink(missing_ok=True)
         if record["status"] == "ok":
@@ -344,38 +473,35 @@ class Worker:
         trial.set_user_attr("status", "ok")
         return float(record["valid"].get(self.metric, float("nan")))
 
-    # --- the loops ------------------------------------------------------------------------
-    def run_grid(self) -> None:
-        """Train until every grid point is settled, waiting for (or retrying) other workers' trials."""
-        points = [ident(p) for p in self.grid_params()]
+    # --- the loop -------------------------------------------------------------------------
+    def run(self, n_trials: int | None = None) -> None:
+        """Work until every point is settled (grid), or the study holds ``n_trials`` finished
+        trials (TPE); then wait for the points other workers are training, so that every
+        worker's summary is final."""
         while True:
             fail_stale(self.study, self.heartbeat)
-            settled, deaths, running, waiting, used = scan(self.study)
-            todo = [p for p in points if p not in settled and p not in running and not given_up(deaths, p)]
-            if todo:
-                if not waiting and used >= len(points):
-                    # The sampler thinks the grid is visited (e.g. a crash failed a trial): queue it again.
-                    self.study.enqueue_trial(json.loads(todo[0]), user_attrs={"requeued": True})
-                self.study.optimize(self.objective, n_trials=1, catch=(PointFailed,))
-            elif running:
-                time.sleep(POLL_S)  # other workers are busy on the last points (or died: see fail_stale)
-            else:
-                return
-
-    def run_tpe(self, n_trials: int) -> None:
-        """Stop when the study holds ``n_trials`` finished trials or every point is settled."""
-        points = [ident(p) for p in self.grid_params()]
-        while True:
-            fail_stale(self.study, self.heartbeat)
-            settled, deaths, running, waiting, _ = scan(self.study)
-            finished = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-            left = [p for p in points if p not in settled and not given_up(deaths, p)]
-            if finished < n_trials and left:
-                self.study.optimize(self.objective, n_trials=1, catch=(PointFailed,))
-            elif running:
+            view = scan(self.study)
+            open_points = [p for p in self.points if p not in view.settled and not given_up(view.deaths, p)]
+            done = not open_points or (n_trials is not None and view.finished >= n_trials)
+            if done:
+                if self.take(only=view.settled):
+                    continue  # a claim queued twice for a settled point: closed as a duplicate
+                if not view.running() & set(open_points):
+                    return
                 time.sleep(POLL_S)
-            else:
-                return
+                continue
+            # Queue a claim for every point that has none: the whole grid, or (TPE) the points whose
+            # claim died. A claim queued twice at once is closed as a duplicate when taken.
+            for pid in open_points:
+                if pid not in view.live and (n_trials is None or pid in view.deaths):
+                    self.enqueue(pid)
+            if self.take():
+                continue
+            if n_trials is not None and view.finished + len(view.live) + view.proposals < n_trials:
+                if any(p not in view.live for p in open_points):
+                    self.study.enqueue_trial({}, user_attrs={"role": PROPOSAL})
+                    continue
+            time.sleep(POLL_S)  # the open points are being trained by other workers
 
     def grid_params(self) -> list[dict]:
         return [{k: encode(v) for k, v in p.items()} for p in quick_start.grid_points(self.config)]
@@ -385,7 +511,8 @@ class Worker:
 def summarize(config: Config, study: optuna.Study) -> dict | None:
     """MMRec's end-of-grid log, from the study (the same on every worker); returns the best record."""
     metric = str(config["valid_metric"] or "Recall@20").lower()
-    settled, deaths, _, _, _ = scan(study)
+    view = scan(study)
+    settled, deaths = view.settled, view.deaths
     done: list[tuple[dict, dict]] = []
     for p in quick_start.grid_points(config):
         pid = ident({k: encode(v) for k, v in p.items()})
@@ -439,6 +566,8 @@ def run_search(config: Config, args: argparse.Namespace, output: Path) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()] or [str(config["device"])]
+    # The data's content is part of every key and of the study's fingerprint: hash it first.
+    config[DATA_KEY] = data_fingerprint(config, output)
     study = open_study(config, args, output)  # before spawning: creates tables, checks the config
     log = logging.getLogger()
     log.info(f"study '{study.study_name}' in {storage_url(args, output)} ({args.search})")
@@ -454,9 +583,6 @@ def run_search(config: Config, args: argparse.Namespace, output: Path) -> int:
         config["device"] = resolve_device(devices[0], config["use_gpu"])
     worker = Worker(config, args, output, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.search == "grid":
-        worker.run_grid()
-    else:
-        worker.run_tpe(int(args.trials))
+    worker.run(None if args.search == "grid" else int(args.trials))
     return 0 if summarize(config, study) is not None else 1
 
