@@ -306,3 +306,18 @@ def test_two_workers_share_a_postgres_study(tmp_path: Path) -> None:
         assert len(lines) == 3 and len(set(lines)) == 1  # two workers and the parent agree
     finally:
         server.__exit__(None, None, None)
+
+
+def test_cpu_workers_split_the_cores(monkeypatch):
+    """N CPU workers get max(1, cores // N) threads each; --threads and OMP_NUM_THREADS win."""
+    import os
+
+    from utils.utils import threads_per_worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert threads_per_worker(2, requested=3) == 3
+    assert threads_per_worker(2, on_cpu=False) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_worker(2) == 1

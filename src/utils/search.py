@@ -54,6 +54,7 @@ from utils.dataset import fingerprint as data_fingerprint
 from utils.errors import ConfigError, DataError
 from utils.metrics import dict2str
 from utils.results import DATA_KEY, ResultsStore, point_key
+from utils.utils import resolve_device, threads_per_worker
 
 MAX_RETRY = 3            # a point whose worker died this many times more is given up
 POLL_S = 1.0             # how often an idle worker looks at the study again
@@ -525,11 +526,17 @@ def summarize(config: Config, study: optuna.Study) -> dict | None:
 
 
 # --- local worker processes -----------------------------------------------------------------
-def _worker_process(config: Config, args: argparse.Namespace, output: Path, device: str, index: int) -> None:
-    """Entry point of one spawned worker: its own log file and device, then the search."""
+def _worker_process(config: Config, args: argparse.Namespace, output: Path, device: str, index: int,
+                    threads: int | None = None) -> None:
+    """Entry point of one spawned worker: its own log file, device and thread count, then the search."""
     import sys
+
+    import torch
     from utils.logger import init_logger
     from utils.utils import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     init_logger(output / "logs" / f"{config['model']}-{config['dataset']}-{stamp}-w{index}-{os.getpid()}.log",
@@ -542,11 +549,17 @@ def spawn_workers(config: Config, args: argparse.Namespace, output: Path, device
     """Run ``args.workers`` worker processes (round-robin over ``devices``); their exit codes."""
     ctx = mp.get_context("spawn")
     one = argparse.Namespace(**{**vars(args), "workers": 1, "devices": None})
-    procs = [ctx.Process(target=_worker_process, args=(config, one, output, devices[i % len(devices)], i),
+    on_cpu = [str(resolve_device(d, config["use_gpu"])).startswith("cpu") for d in devices]
+    # CPU workers split the cores between them (each max(1, cores // N) threads) unless
+    # --threads or OMP_NUM_THREADS says otherwise
+    threads = [threads_per_worker(args.workers, getattr(args, "threads", None), on_cpu[i % len(devices)])
+               for i in range(args.workers)]
+    procs = [ctx.Process(target=_worker_process, args=(config, one, output, devices[i % len(devices)], i, threads[i]),
                          name=f"search-worker-{i}") for i in range(args.workers)]
     for i, proc in enumerate(procs):
         proc.start()
-        logging.getLogger().info(f"worker {i} (pid {proc.pid}) on {devices[i % len(devices)]}")
+        logging.getLogger().info(f"worker {i} (pid {proc.pid}) on {devices[i % len(devices)]}, "
+                                 f"{threads[i] or 'default'} thread(s)")
     try:
         for proc in procs:
             proc.join()

@@ -32,6 +32,22 @@ def init_seed(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def threads_per_worker(workers: int, requested: int | None = None, on_cpu: bool = True) -> int | None:
+    """Torch threads for each of ``workers`` processes sharing this machine: ``requested``
+    (``--threads``) if given, else ``OMP_NUM_THREADS`` if set, else on the CPU
+    ``max(1, cores // workers)`` so that N workers never oversubscribe the cores; None leaves
+    torch's default (a GPU worker's CPU threads matter little)."""
+    if requested:
+        return int(requested)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if not on_cpu:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
 def get_model(name: str) -> type:
     """``SIGREC`` -> ``models.sigrec.SIGREC``, as in MMRec."""
     module_name = f"models.{name.lower()}"
