@@ -20,19 +20,17 @@ SEEDS="999,1,2,3,4,5"
 KEEP=(--save_model False)
 run() { python src/main.py -d ml100k --device cpu --quiet --output "$OUT" "${KEEP[@]}" "$@" >/dev/null; }
 
-echo "phase 1: grids ($(date +%T))"
-# four lanes of one thread: SIGREC's grid in two halves, the baselines in two
+echo "phase 1+2: grids, then fresh seeds ($(date +%T))"
+# four lanes of one thread each: SIGREC's grid in two halves; the baselines' grids, then their
+# fresh seeds, in two lanes (each "-m A,B --seeds" is a comparison of its own; the whole table at
+# the end reuses every record)
 run -m SIGREC --perturb_eps 0.1 &
 run -m SIGREC --perturb_eps 0.2 &
-(for m in BPR LightGCN VBPR; do run -m "$m"; done) &
-(for m in FREEDOM MGCN LGMRec; do run -m "$m"; done) &
+(for m in BPR LightGCN VBPR; do run -m "$m"; done; run -m LightGCN,VBPR,BPR --seeds "$SEEDS") &
+(for m in FREEDOM MGCN LGMRec; do run -m "$m"; done; run -m FREEDOM,MGCN,LGMRec --seeds "$SEEDS") &
 wait
-run -m SIGREC                                 # the whole grid: every point reused, BEST logged
-
-echo "phase 2: fresh seeds ($(date +%T))"
-# two lanes (each a comparison of its own models), then the whole table reuses every record
-run -m SIGREC,MGCN --seeds "$SEEDS" &
-run -m LGMRec,FREEDOM,LightGCN,VBPR,BPR --seeds "$SEEDS" &
+run -m SIGREC --seeds 999,1,2,3 &             # SIGREC's fresh seeds in two lanes
+run -m SIGREC --seeds 999,4,5 &
 wait
 python src/main.py -m "$MODELS" -d ml100k --device cpu --quiet --output "$OUT" "${KEEP[@]}" --seeds "$SEEDS" | tail -n 20
 

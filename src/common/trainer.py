@@ -17,7 +17,7 @@ import torch
 from torch import optim
 
 from utils.errors import ConfigError, TrainingError
-from utils.evaluator import EvalResult, evaluate
+from utils.evaluator import EvalResult, autocast, evaluate
 from utils.logger import progress
 from utils.metrics import dict2str
 
@@ -119,6 +119,7 @@ class Trainer:
         # MMRec's req_training: a closed-form model (EASE) sets the class attribute
         # ``req_training = False`` (an MMRec yaml may set the key); see _fit_without_batches.
         self.req_training = getattr(model, "req_training", True) is not False and config["req_training"] is not False
+        self.amp = bool(config.get("amp"))  # bf16 autocast around calculate_loss (opt-in)
 
     # --- one epoch -----------------------------------------------------------------------
     def run_epoch(self, train_data: Any, epoch: int) -> tuple[float | tuple, float]:
@@ -155,7 +156,8 @@ class Trainer:
         for step, interaction in enumerate(batches):
             interaction = interaction.to(self.device)
             self.optimizer.zero_grad()
-            losses = self.model.calculate_loss(interaction)
+            with autocast(self.device, self.amp):
+                losses = self.model.calculate_loss(interaction)
             terms = tuple(losses) if isinstance(losses, (tuple, list)) else (losses,)
             loss = sum(terms) if len(terms) > 1 else terms[0]
             values = torch.stack([torch.as_tensor(t).detach().reshape(()).double() for t in terms])

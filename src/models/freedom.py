@@ -4,8 +4,9 @@ edge pruning of the user-item graph.
 - Item graph: per modality the cosine top-knn_k neighbours with binary weights, D^-1/2 A D^-1/2
   (row counts), mixed as S = w S_v + (1 - w) S_t; built once (disk-cached), never N x N.
 - Every epoch (pre_epoch_processing) floor(|E| (1 - dropout)) training edges are kept, sampled
-  without replacement with probability ~ 1/sqrt(deg_u deg_i), and renormalised; training uses
-  that graph, scoring always the full Â.
+  without replacement with probability ~ 1/sqrt(deg_u deg_i), and renormalised, all with torch
+  ops on the model's device (no host copy; on the CPU the graph of the earlier scipy build, bit for
+  bit); training uses that graph, scoring always the full Â.
 - user = U_g, item = I_g + S^L I with [U_g; I_g] = LightGCN(adj, [U; I], n_ui_layers).
 - Loss = BPR(user, item) + reg_weight * sum_m BPR(U_g[u], P_m[p], P_m[n]) with P_m a Linear
   projection of the (trainable) modality features.
@@ -83,7 +84,8 @@ class FREEDOM(GeneralRecommender):
 
     # --- graphs ------------------------------------------------------------------------
     def pre_epoch_processing(self) -> None:
-        """Degree-sensitive edge pruning: a fresh training graph every epoch."""
+        """Degree-sensitive edge pruning: a fresh training graph every epoch, built on the device
+        (one host sync: the number of kept edges after deduplication)."""
         if self.dropout <= 0.0:
             self.masked_adj = self.norm_adj
             return

@@ -1,17 +1,60 @@
 """Full-ranking evaluation: score all items, mask training items, keep the top max(topk)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from utils.dataloader import EvalDataLoader
 from utils.metrics import hit_matrix, mean_metrics, per_user_metrics
 
 MASK_VALUE = -1e10
 CPU_SCORE_BLOCK = 1 << 19  # scores per CPU block (2 MB, one L2 cache here)
+
+
+def _is_sparse(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_is_sparse(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.layout != torch.strided
+
+
+def _to_float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.layout == torch.strided and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    return value
+
+
+class _SparseInFloat32(TorchFunctionMode):
+    """Inside ``autocast``: an op that takes a sparse tensor runs outside autocast, with low-precision
+    dense inputs cast back to float32. Graph propagation (memory-bound, and without bf16 kernels
+    for CPU sparse CSR) thus stays float32; dense products and InfoNCE logits run in bf16."""
+
+    def __init__(self, device_type: str) -> None:
+        super().__init__()
+        self.device_type = device_type
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not (_is_sparse(args) or _is_sparse(tuple(kwargs.values()))):
+            return func(*args, **kwargs)
+        with torch.autocast(device_type=self.device_type, enabled=False):
+            return func(*[_to_float32(a) for a in args], **{k: _to_float32(v) for k, v in kwargs.items()})
+
+
+@contextlib.contextmanager
+def autocast(device: Any, enabled: bool) -> Iterator[None]:
+    """bf16 autocast on ``device``'s type (CUDA or CPU) when ``enabled`` (``amp: True``), sparse
+    products kept in float32; a no-op otherwise, so that the default path is untouched."""
+    if not enabled:
+        yield
+        return
+    kind = torch.device(device).type
+    with torch.autocast(device_type=kind, dtype=torch.bfloat16), _SparseInFloat32(kind):
+        yield
 
 
 @dataclass
@@ -42,8 +85,10 @@ def score_block_rows(model: torch.nn.Module, n_items: int, device: Any) -> int |
     return max(1, CPU_SCORE_BLOCK // max(1, n_items))
 
 
-def rank_topk(model: torch.nn.Module, loader: EvalDataLoader, k: int, device: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item IDs [U, k] for every evaluated user, in the loader's user order."""
+def rank_topk(model: torch.nn.Module, loader: EvalDataLoader, k: int, device: Any,
+              amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item IDs [U, k] for every evaluated user, in the loader's user order. ``amp``: score
+    under bf16 autocast, then cast the scores to float32 before masking and top-k."""
     k = min(k, loader.n_items)
     users_all, topk_all = [], []
     block = score_block_rows(model, loader.n_items, device)
@@ -57,7 +102,10 @@ def rank_topk(model: torch.nn.Module, loader: EvalDataLoader, k: int, device: An
                 cuts = np.searchsorted(mask_rows.numpy(), np.arange(0, users.numel() + step, step))
                 for i, start in enumerate(range(0, users.numel(), step)):
                     part = users[start:start + step]
-                    scores = model.full_sort_predict((part.to(device),)).view(part.numel(), -1)
+                    with autocast(device, amp):
+                        scores = model.full_sort_predict((part.to(device),)).view(part.numel(), -1)
+                    if amp:
+                        scores = scores.float()
                     lo, hi = cuts[i], cuts[i + 1]
                     scores[(mask_rows[lo:hi] - start).to(scores.device), mask_cols[lo:hi].to(scores.device)] = MASK_VALUE
                     topk_all.append(torch.topk(scores, k, dim=1).indices.cpu().numpy())
@@ -72,7 +120,7 @@ def rank_topk(model: torch.nn.Module, loader: EvalDataLoader, k: int, device: An
 def evaluate(model: torch.nn.Module, loader: EvalDataLoader, config: Any) -> EvalResult:
     """Rank all items for the split's users and compute the configured metrics per user."""
     topk = [int(k) for k in config["topk"]]
-    users, topk_items = rank_topk(model, loader, max(topk), config["device"])
+    users, topk_items = rank_topk(model, loader, max(topk), config["device"], bool(config.get("amp")))
     hits = hit_matrix(topk_items, users, loader.truth)
     n_truth = np.diff(loader.truth.indptr)[users]
     decimals = config.get("metric_decimal_place")  # Config and plain dicts alike; MMRec's 4 by default

@@ -3,6 +3,7 @@ conversion, LightGCN propagation, blockwise kNN item graphs with a disk cache, a
 degree-sensitive edge pruning. Nothing here ever builds a dense N x N matrix."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -324,16 +325,46 @@ def degree_sensitive_prune(users: torch.Tensor, items: torch.Tensor, n_users: in
     return torch.topk(keys, keep, sorted=False).indices.sort().values
 
 
+@functools.lru_cache(maxsize=8)
+def inverse_sqrt_table(size: int, device: str = "cpu") -> torch.Tensor:
+    """float32 d^-1/2 for every integer degree d in [0, size), 0 for d = 0, on ``device``.
+
+    Computed once on the host with exactly ``sym_normalize``'s numpy formula: torch's float32
+    pow(-0.5) and rsqrt, and even a float64 pow rounded to float32, differ from numpy's float32
+    power in the last bit for a third of the integers up to 2^21, so a lookup is the only way a
+    graph built with torch ops carries the scipy graph's values bit for bit."""
+    deg = np.arange(size, dtype=np.float32)
+    inv = np.zeros_like(deg)
+    np.power(deg, -0.5, out=inv, where=deg > 0)
+    return torch.from_numpy(inv).to(device)
+
+
 def edge_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """The symmetric D^-1/2 [[0,R],[R^T,0]] D^-1/2 of the given edges, degrees taken from these
-    edges only, as torch CSR. Built from index arrays directly (no dok_matrix)."""
-    u = users.detach().cpu().numpy()
-    i = items.detach().cpu().numpy()
-    inter = sp.csr_matrix((np.ones(u.size, np.float32), (u, i)), shape=(n_users, n_items))
-    inter.sum_duplicates()
-    inter.data[:] = 1.0
-    return normalized_adjacency(inter, device)
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """The symmetric D^-1/2 [[0,R],[R^T,0]] D^-1/2 of the given edges (a repeated edge counts
+    once), degrees taken from these edges only, as torch CSR.
+
+    Built with torch ops where the edges live: no copy to the host, no scipy. Indices, their
+    dtype and the float32 values equal ``normalized_adjacency`` of the same edges bit for bit
+    (each value is one float32 product d_u^-1/2 d_i^-1/2, as scipy's, with the factors from
+    ``inverse_sqrt_table``). One host sync: the number of distinct edges. ``device`` moves the
+    result (default: stay on the edges' device)."""
+    dev = users.device
+    codes = torch.unique(users.long() * n_items + items.long().to(dev))  # sorted: user, then item
+    u, i = codes // n_items, codes % n_items
+    deg_u = torch.bincount(u, minlength=n_users)
+    deg_i = torch.bincount(i, minlength=n_items)
+    inv = inverse_sqrt_table(max(n_users, n_items) + 1, str(dev))  # a degree never exceeds this
+    val = inv[deg_u][u] * inv[deg_i][i]
+    order = torch.argsort(i * n_users + u)  # the item rows: item, then user (keys are unique)
+    n = n_users + n_items
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(torch.cat([deg_u, deg_i]), 0, out=crow[1:])  # integer cumsum: deterministic
+    # int32 indices when they fit, as to_torch_csr chooses them
+    idx = torch.int32 if max(2 * codes.numel(), n) < np.iinfo(np.int32).max else torch.int64
+    adj = torch.sparse_csr_tensor(crow.to(idx), torch.cat([i + n_users, u[order]]).to(idx),
+                                  torch.cat([val, val[order]]), size=(n, n), check_invariants=False)
+    return adj if device is None or torch.device(device) == dev else adj.to(device)
 
 
 # --- SMORE / MSCA: the user-item block, layer means, co-interaction graphs, graph unions ----------

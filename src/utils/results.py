@@ -36,7 +36,7 @@ def _jsonable(value: Any) -> Any:
 
 # Keys added after results were recorded, with the value that reproduces the old behaviour exactly:
 # at that value they stay out of the key, so earlier records still match (and are not rerun).
-NEUTRAL_DEFAULTS = {"cl_max_nodes": 0}  # SIGREC: 0 = every batch node in the InfoNCE terms
+NEUTRAL_DEFAULTS = {"cl_max_nodes": 0, "amp": False}  # SIGREC: 0 = every batch node in the InfoNCE terms; amp: no autocast
 
 
 def point_key(config: dict) -> str:

@@ -7,6 +7,7 @@ that MMRec model files run unchanged; the harness's own models use the blockwise
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import random
 from typing import Any
@@ -19,15 +20,24 @@ from utils.graph import normalize_dense, normalize_edges
 
 
 def init_seed(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, numpy and torch; optionally force deterministic kernels."""
+    """Seed Python, numpy and torch (CPU and CUDA), and choose the kernels.
+
+    ``deterministic`` True: ``torch.use_deterministic_algorithms(True)`` without ``warn_only``, so
+    an op with no deterministic kernel raises instead of warning, cuDNN deterministic and not
+    benchmarking, and ``CUBLAS_WORKSPACE_CONFIG`` (``:4096:8`` unless already set) put in the
+    environment here, before the first CUDA call: the entry points build data and models on the
+    device only after this. False: the fast path, any kernel allowed."""
+    if deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        if torch.cuda.is_initialized():  # cuBLAS may have read its workspace size already
+            logging.getLogger().warning("CUDA was initialised before init_seed set CUBLAS_WORKSPACE_CONFIG; "
+                                        "export CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting to be sure")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    torch.use_deterministic_algorithms(bool(deterministic))
     torch.backends.cudnn.deterministic = bool(deterministic)
     torch.backends.cudnn.benchmark = False
 
