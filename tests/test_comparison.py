@@ -433,3 +433,10 @@ def test_overrides_go_to_the_models_that_know_them():
         split_overrides(["BPR"], "ml100k", {"SIGREC.cl_weight": 0.01})
     with pytest.raises(ConfigError, match="did you mean"):
         split_overrides(["BPR"], "ml100k", {"BPR.reg_wieght": 0.01})
+
+
+def test_curves_number_epochs_from_zero_as_the_log_does():
+    from utils.plots import curve_points
+
+    history = [{"epoch": 0, "loss": 2.0, "valid_score": 0.1}, {"epoch": 1, "loss": 1.0}]
+    assert curve_points(history) == ([0, 1], [2.0, 1.0], [(0, 0.1)])

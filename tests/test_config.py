@@ -90,3 +90,27 @@ def test_point_key_ignores_later_keys_at_their_neutral_value():
     assert point_key({**base, "cl_max_nodes": 0}) == point_key(base)
     assert point_key({**base, "cl_max_nodes": 256}) != point_key(base)
     assert point_key({**base, "device": "cuda"}) == point_key(base)  # volatile keys never count
+
+
+def test_config_dir_finds_a_yaml_written_elsewhere(tmp_path):
+    """prepare.py --config-dir DIR writes DIR/<name>.yaml; main.py --config_dir DIR reads it."""
+    (tmp_path / "mine.yaml").write_text("inter_file_name: 'mine.inter'\ntopk: [5, 20]\n")
+    cfg = Config("BPR", "mine", extra_config_dir=tmp_path)
+    assert cfg["inter_file_name"] == "mine.inter" and cfg["topk"] == [5, 20]
+    assert cfg.sources["topk"] == str(tmp_path / "mine.yaml")
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "other.yaml").write_text("inter_file_name: 'other.inter'\n")
+    assert Config("BPR", "other", extra_config_dir=tmp_path)["inter_file_name"] == "other.inter"
+    with pytest.raises(ConfigError, match=r"no config for dataset 'nope'.*\(--config_dir\).*known datasets: .*mine"):
+        Config("BPR", "nope", extra_config_dir=tmp_path)
+
+
+def test_config_dir_on_the_command_line(tmp_path, capsys):
+    import main
+
+    (tmp_path / "mine.yaml").write_text("inter_file_name: 'mine.inter'\n")
+    out = tmp_path / "out"
+    code = main.main(["-m", "BPR", "-d", "mine", "--config_dir", str(tmp_path), "--data_path", str(tmp_path),
+                      "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset folder" in err and "mine does not exist" in err  # the yaml was found

@@ -65,51 +65,68 @@ def test_sym_normalize_zero_degree_has_no_nan() -> None:
 def test_cache_roundtrip_and_key(tmp_path, monkeypatch) -> None:
     rng = np.random.default_rng(1)
     feat = rng.normal(size=(30, 6)).astype(np.float32)
-    (tmp_path / "toy").mkdir()
-    first = cached_knn(feat, 4, "binary", str(tmp_path), "toy")
-    files = list((tmp_path / "toy" / "cache").iterdir())
+    cache = tmp_path / "out" / "cache" / "toy"
+    first = cached_knn(feat, 4, "binary", cache)
+    files = list(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".npz"      # atomic: no tmp file left behind
 
     def boom(*args, **kwargs):
         raise AssertionError("the cache was not used")
     monkeypatch.setattr(graph, "knn_graph", boom)
-    again = cached_knn(feat, 4, "binary", str(tmp_path), "toy")
+    again = cached_knn(feat, 4, "binary", cache)
     assert (again != first).nnz == 0
     feat2 = feat.copy()
     feat2[0, 0] += 1.0                                         # other feature bytes: other key
     with pytest.raises(AssertionError, match="cache was not used"):
-        cached_knn(feat2, 4, "binary", str(tmp_path), "toy")
+        cached_knn(feat2, 4, "binary", cache)
     with pytest.raises(AssertionError, match="cache was not used"):
-        cached_knn(feat, 5, "binary", str(tmp_path), "toy")   # other k: other key
+        cached_knn(feat, 5, "binary", cache)   # other k: other key
 
 
-def test_cache_falls_back_when_data_dir_is_read_only(tmp_path, monkeypatch) -> None:
-    ro = tmp_path / "ro"
-    (ro / "toy" / "cache").mkdir(parents=True)
+def test_cache_folder_is_the_output_never_the_data(tmp_path, monkeypatch) -> None:
+    """The graph cache lives where the user chose to write: the run's output folder (or an
+    explicit graph_cache_dir), else ~/.cache; the data folder is never written."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = {"data_path": str(tmp_path / "data"), "dataset": "toy"}
+    assert graph.graph_cache_dir({**data, "output_dir": str(tmp_path / "out")}) == tmp_path / "out" / "cache" / "toy"
+    assert graph.graph_cache_dir(data) == tmp_path / "home" / ".cache" / "mmrec-harness" / "toy"
+    assert graph.graph_cache_dir({**data, "output_dir": "x", "graph_cache_dir": str(tmp_path / "g")}) == tmp_path / "g"
+    from conftest import make_config
+    cfg = make_config("FREEDOM")
+    cfg["output_dir"] = str(tmp_path / "out")
+    assert graph.graph_cache_dir(cfg) == tmp_path / "out" / "cache" / "ml100k"
+
+
+def test_cache_falls_back_when_its_folder_is_read_only(tmp_path, monkeypatch) -> None:
+    ro = tmp_path / "ro" / "cache"
+    ro.mkdir(parents=True)
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    real_access = os.access
-    # the shared data folder is read-only (root could write anyway, so simulate it)
-    monkeypatch.setattr(graph.os, "access",
-                        lambda path, mode: False if str(path).startswith(str(ro)) else real_access(path, mode))
-    assert graph.cache_dir(str(ro), "toy") == home / ".cache" / "mmrec-harness" / "toy"
-    (tmp_path / "rw" / "toy").mkdir(parents=True)
-    assert graph.cache_dir(str(tmp_path / "rw"), "toy") == tmp_path / "rw" / "toy" / "cache"
-    feat = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
-    cached_knn(feat, 3, "cosine", str(ro), "toy")
-    assert len(list((home / ".cache" / "mmrec-harness" / "toy").glob("*.npz"))) == 1
-
-
-def test_cache_respects_read_only_permission_bits(tmp_path, monkeypatch) -> None:
-    ds_dir = tmp_path / "shared" / "toy"
-    ds_dir.mkdir(parents=True)
-    os.chmod(ds_dir, 0o555)                  # like /work/shared: even root must not write there
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    os.chmod(ro, 0o555)                  # like /work/shared: even root must not write there
     try:
-        assert graph.cache_dir(str(tmp_path / "shared"), "toy") == tmp_path / "home" / ".cache" / "mmrec-harness" / "toy"
-        assert not (ds_dir / "cache").exists()
+        feat = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+        cached_knn(feat, 3, "cosine", ro)
+        assert not list(ro.iterdir())
+        assert len(list((home / ".cache" / "mmrec-harness" / "default").glob("*.npz"))) == 1
     finally:
-        os.chmod(ds_dir, 0o755)
+        os.chmod(ro, 0o755)
+
+
+def test_a_graph_without_edges_is_an_error_naming_it() -> None:
+    from utils.errors import ModelInputError
+    from utils.graph import cached_co_interaction, require_edges
+
+    with pytest.raises(ModelInputError, match=r"the kNN item graph \(5 x 5\) has no edges: every feature row is zero"):
+        cached_knn(np.zeros((5, 3), np.float32), 2, "cosine")
+    alone = sp.csr_matrix(np.eye(4, dtype=np.float32))       # every user has one item of their own
+    with pytest.raises(ModelInputError, match="item-item co-interaction graph .*no two items share a training user"):
+        cached_co_interaction(alone, 3)
+    with pytest.raises(ModelInputError, match="user-user co-interaction graph .*no two users share 2 or more training items"):
+        cached_co_interaction(alone.T, 3, min_count=2, self_loop=True, what="user-user co-interaction graph",
+                              nodes=("users", "item"))
+    with pytest.raises(ModelInputError, match="user-item graph .*no interaction"):
+        normalized_adjacency(sp.csr_matrix((3, 4), dtype=np.float32))
+    assert require_edges(alone, "x", "y") is alone
 
 
 def toy_edges(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int, int]:

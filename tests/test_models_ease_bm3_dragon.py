@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import models.ease as ease_module
 from common.trainer import Trainer
 from conftest import make_config, make_data
-from utils.errors import ConfigError
+from utils.errors import ConfigError, ModelInputError
 from utils.graph import knn_graph, neighbour_matrix, ranked_neighbours, sym_normalize
 from utils.quick_start import train_point
 from utils.utils import get_model, init_seed
@@ -363,7 +363,7 @@ def test_text_only_runs(name, text_only_data) -> None:
 @pytest.mark.parametrize("name", ["BM3", "DRAGON"])
 def test_no_features_is_refused(name) -> None:
     data = make_data(make_config("FREEDOM", vision_feature_file="", text_feature_file=""))
-    with pytest.raises(ConfigError, match="needs at least one feature file"):
+    with pytest.raises(ModelInputError, match="needs at least one feature file"):
         build(name, data)
 
 

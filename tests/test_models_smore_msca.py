@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT, make_config, make_data
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError
+from utils.errors import ConfigError, ModelInputError
 from utils.graph import (cached_co_interaction, co_interaction_graph, knn_graph, propagate_mean,
                          sym_normalize, union_max)
 from utils.utils import get_model, init_seed
@@ -119,7 +119,7 @@ def test_same_seed_same_scores_and_loss(name, ml100k_data) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_one_modality_is_refused_clearly(name, text_only_data) -> None:
-    with pytest.raises(ConfigError, match=f"{name} needs both image and text features.*only one modality"):
+    with pytest.raises(ModelInputError, match=f"{name} needs both image and text features.*only one modality"):
         build(name, text_only_data)
 
 
@@ -272,8 +272,7 @@ def test_msca_structural_graph_from_training_rows_only(ml100k_data, tmp_path) ->
     assert (with_all != from_train).nnz > 0
     assert np.abs(sym_normalize(from_train).toarray() - s).max() < 1e-7
     # the disk cache returns the same graph and names a new threshold with a new file
-    kw = dict(self_loop=True, weighting="binary", data_path=str(tmp_path), dataset="toy")
-    (tmp_path / "toy").mkdir()
+    kw = dict(self_loop=True, weighting="binary", cache=tmp_path / "toy" / "cache")
     first = cached_co_interaction(train, k, min_count, **kw)
     again = cached_co_interaction(train, k, min_count, **kw)
     assert (first != from_train).nnz == 0 and (again != from_train).nnz == 0

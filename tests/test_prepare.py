@@ -279,6 +279,35 @@ def test_error_yaml_exists_without_force(tmp_path, raw):
     assert "USER_ID_FIELD" in (tmp_path / "configs" / "tiny.yaml").read_text()
 
 
+def test_a_missing_extra_stops_before_anything_is_written(tmp_path, raw, monkeypatch):
+    """Without sentence-transformers the tool stops with one line, and data/<name>/ and the
+    yaml do not exist (they were half written before)."""
+    from utils.errors import HarnessError
+
+    reviews, meta, _ = raw
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails, as when not installed
+    with pytest.raises(HarnessError, match="text encoding needs sentence-transformers: pip install"):
+        prepare_amazon(opts(tmp_path), meta=meta, reviews=reviews)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "configs").exists()
+
+
+def test_a_failing_encoder_leaves_nothing_behind(tmp_path, raw):
+    class Broken(HashEncoder):
+        def encode(self, inputs):
+            raise DataError("cannot encode")
+
+    reviews, meta, _ = raw
+    with pytest.raises(DataError, match="cannot encode"):
+        prepare_amazon(opts(tmp_path), meta=meta, reviews=reviews, text_encoder=Broken())
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_name_rule_is_stated(tmp_path, raw):
+    reviews, meta, _ = raw
+    with pytest.raises(DataError, match="must start with a letter or digit and hold only letters, digits"):
+        prepare_amazon(opts(tmp_path, name="_tiny"), meta=meta, reviews=reviews, text_encoder=HashEncoder())
+
+
 def test_cli_prints_one_line_error(tmp_path, capsys):
     import prepare
 

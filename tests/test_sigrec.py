@@ -86,7 +86,7 @@ def write_tiny(tmp_path, rows: list[tuple[int, int, int]], n_items: int) -> dict
     np.save(folder / "image_feat.npy", rng.standard_normal((n_items, 8)).astype(np.float32))
     np.save(folder / "text_feat.npy", rng.standard_normal((n_items, 5)).astype(np.float32))
     return {"data_path": str(tmp_path), "inter_file_name": "tiny.inter",
-            "graph_cache_dir": str(tmp_path / "cache"), "knn_k": 3}
+            "graph_cache_dir": str(tmp_path / "cache"), "knn_k": 3, "topk": [2], "valid_metric": "Recall@2"}
 
 
 def test_cooccurrence_graph_ignores_valid_and_test_rows(tmp_path) -> None:
@@ -436,3 +436,16 @@ def test_align_detach_stops_every_path_into_b(ml100k, monkeypatch) -> None:
     assert got["fusion_gate.v.weight"].abs().sum() > 0           # W_g still learns from L_align
     leaky = align_grads(False, False)
     assert leaky["user_embedding.weight"].abs().sum() > 0
+
+
+def test_graph_cache_defaults_to_the_output_folder_never_the_data(ml100k, tmp_path, monkeypatch) -> None:
+    from models.sigrec import resolve_cache_dir
+
+    cfg, data = ml100k
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run = cfg.point({"graph_cache_dir": None, "output_dir": str(tmp_path / "out")})
+    assert resolve_cache_dir(run) == tmp_path / "out" / "cache" / "ml100k"
+    model = SIGREC(run, data.train)
+    assert model.cache_files and all(p.parent == tmp_path / "out" / "cache" / "ml100k" for p in model.cache_files)
+    alone = cfg.point({"graph_cache_dir": None})  # no output folder (as inside MMRec): the user's cache
+    assert resolve_cache_dir(alone) == tmp_path / "home" / ".cache" / "sigrec"

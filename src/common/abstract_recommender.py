@@ -8,6 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+# [harness] raised by a model that refuses its data (one line on the command line, no traceback);
+# a model file meant to run inside MMRec too imports it with ``except ImportError: ... = ValueError``
+from utils.errors import ModelInputError  # noqa: F401
+
 
 class AbstractRecommender(nn.Module):
     """Base of all models: optional epoch hooks and a parameter count in ``str(model)``."""
@@ -17,6 +21,13 @@ class AbstractRecommender(nn.Module):
     #: scores then stays in cache between scoring and top-k). MMRec's models recompute their
     #: graph on every call, so the default is False: one call per evaluation batch, as in MMRec.
     cached_scoring: bool = False
+    #: [harness] optional names of the terms a tuple-returning ``calculate_loss`` gives, logged
+    #: once at the start of training (``train_loss1 = ...``); the epoch lines keep MMRec's format.
+    loss_names: tuple[str, ...] = ()
+    #: [harness] allowed values of the model's keys, checked before any data is read
+    #: (``utils/schema.py``): ``choices = {key: (value, ...)}``, ``ranges = {key: (int|float, ">= 0", ...)}``.
+    choices: dict = {}
+    ranges: dict = {}
 
     def pre_epoch_processing(self) -> None:
         """Run before every training epoch (e.g. FREEDOM's edge pruning)."""

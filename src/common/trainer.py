@@ -243,6 +243,9 @@ class Trainer:
         began = time.perf_counter()
         interval = int(self.config["checkpoint_interval"] or 0)
         name = self.config["model"]
+        names = tuple(getattr(self.model, "loss_names", ()) or ())
+        if len(names) > 1 and self.req_training:  # the terms, once; the epoch lines stay MMRec's
+            self.logger.info("loss terms: " + ", ".join(f"train_loss{i + 1} = {n}" for i, n in enumerate(names)))
         epochs = progress(range(start, self.epochs), desc=name, initial=start, total=self.epochs,
                           disable=self.quiet)
         for epoch in epochs:

@@ -34,7 +34,7 @@ from torch import nn
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import cosine_bootstrap
 from common.loss import EmbLoss
-from utils.errors import ConfigError
+from utils.errors import ModelInputError
 from utils.graph import lightgcn, normalized_adjacency
 
 
@@ -42,11 +42,14 @@ class BM3(GeneralRecommender):
     """Self-supervised multimodal recommendation by bootstrapped latent representations."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"n_layers": (int, ">= 0"), "reg_weight": (float, ">= 0"), "dropout": (float, ">= 0", "< 1"),
+              "cl_weight": (float, ">= 0")}
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None and self.t_feat is None:
-            raise ConfigError("BM3 needs at least one feature file (image_feat.npy or text_feat.npy)")
+            raise ModelInputError("BM3 needs at least one feature file (image_feat.npy or text_feat.npy)")
         self.embedding_dim = d = int(config["embedding_size"])
         self.n_layers = int(config["n_layers"])
         self.reg_weight = float(config["reg_weight"] or 0.0)

@@ -11,6 +11,8 @@ class BPR(GeneralRecommender):
     """Loss = BPR + reg_weight * (L2 norms of the batch embeddings) / batch."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"reg_weight": (float, ">= 0")}
 
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)

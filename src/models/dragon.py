@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
-from utils.errors import ConfigError
-from utils.graph import (cached_co_interaction, lightgcn, mixed_knn_graph, neighbour_matrix,
+from utils.errors import ConfigError, ModelInputError
+from utils.graph import (cached_co_interaction, graph_cache_dir, lightgcn, mixed_knn_graph, neighbour_matrix,
                          normalized_adjacency, ranked_neighbours, spmm, to_torch_csr,
                          transpose_csr)
 
@@ -52,11 +52,15 @@ class DRAGON(GeneralRecommender):
     """Dual representation learning with a frozen item graph and a co-interaction user graph."""
 
     cached_scoring = True  # full_sort_predict reuses representations computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    choices = {"aggr_mode": ("add",)}
+    ranges = {"knn_k": (int, ">= 1"), "mm_image_weight": (float, ">= 0", "<= 1"), "n_mm_layers": (int, ">= 0"),
+              "user_knn_k": (int, ">= 1"), "reg_weight": (float, ">= 0")}
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None and self.t_feat is None:
-            raise ConfigError("DRAGON needs at least one feature file (image_feat.npy or text_feat.npy)")
+            raise ModelInputError("DRAGON needs at least one feature file (image_feat.npy or text_feat.npy)")
         aggr = config["aggr_mode"]
         if aggr not in (None, "add"):
             raise ConfigError(f"DRAGON: aggr_mode must be 'add' (MMRec's grid), not {aggr!r}")
@@ -70,15 +74,15 @@ class DRAGON(GeneralRecommender):
 
         # item graph S and user-item graph Â
         mm = mixed_knn_graph([(self.v_feat, self.mm_image_weight), (self.t_feat, 1.0 - self.mm_image_weight)],
-                             self.knn_k, "binary", config["data_path"], config["dataset"])
+                             self.knn_k, "binary", graph_cache_dir(config))
         self.mm_adj = to_torch_csr(mm, self.device)
         self.mm_adj_t = transpose_csr(self.mm_adj)
         inter = dataloader.inter_matrix(form="csr")
         self.norm_adj = normalized_adjacency(inter, self.device)
 
         # ranked co-interaction neighbours of every user (training split), padded per epoch
-        user_graph = cached_co_interaction(inter.T, self.user_knn_k, data_path=config["data_path"],
-                                           dataset=config["dataset"])
+        user_graph = cached_co_interaction(inter.T, self.user_knn_k, cache=graph_cache_dir(config),
+                                           what="user-user co-interaction graph", nodes=("users", "item"))
         cols, counts, lengths = ranked_neighbours(user_graph, self.user_knn_k)
         self.nb_cols = torch.as_tensor(cols, device=self.device)
         self.nb_counts = torch.as_tensor(counts, device=self.device)

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
-from utils.graph import cached_knn, csr_columns, csr_rows, to_torch_csr
+from utils.errors import ConfigError, ModelInputError
+from utils.graph import cached_knn, graph_cache_dir, csr_columns, csr_rows, to_torch_csr
 
 GRAM_BLOCK_ENTRIES = 1 << 24  # entries of the dense M x b block of X per Gram column block
 
@@ -95,6 +96,8 @@ class EASE(GeneralRecommender):
 
     req_training = False   # [MMRec's name] no gradient steps: the trainer calls fit() instead
     cached_scoring = True  # B is fixed during an evaluation: users may be scored in small blocks
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"reg_weight": (float, "> 0"), "text_weight": (float, ">= 0"), "text_knn_k": (int, ">= 1")}
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
@@ -102,16 +105,16 @@ class EASE(GeneralRecommender):
         self.text_weight = float(config["text_weight"] or 0.0)
         self.text_knn_k = int(config["text_knn_k"] or 20)
         if self.reg_weight <= 0:
-            raise ValueError(f"reg_weight (λ) must be > 0 for the closed form, not {self.reg_weight}")
+            raise ConfigError(f"EASE: reg_weight (λ) must be > 0 for the closed form, not {self.reg_weight}")
         if self.text_weight < 0:
-            raise ValueError(f"text_weight must be >= 0, not {self.text_weight}")
+            raise ConfigError(f"EASE: text_weight must be >= 0, not {self.text_weight}")
         if self.text_weight > 0 and self.t_feat is None:
-            raise ValueError("text_weight > 0 (EASE + text) needs text features; this dataset has none "
-                             "(set text_weight 0 for plain EASE)")
+            raise ModelInputError("EASE with text_weight > 0 (EASE + text) needs text features; this dataset has "
+                                  "none (set text_weight 0 for plain EASE)")
         need, free = solve_bytes(self.n_items), available_memory(self.device)
         if need > free:
             where = "GPU memory" if torch.device(self.device).type == "cuda" else "memory"
-            raise ValueError(f"needs about {need / 2**30:.2f} GiB for its {self.n_items} x {self.n_items} "
+            raise ModelInputError(f"EASE needs about {need / 2**30:.2f} GiB for its {self.n_items} x {self.n_items} "
                              f"float32 item-item matrix (twice n_items^2 at the solve's peak), but only "
                              f"{free / 2**30:.2f} GiB of {where} is available")
         self.dummy = nn.Parameter(torch.zeros(2))   # MMRec's convention: the optimiser needs a parameter
@@ -123,7 +126,8 @@ class EASE(GeneralRecommender):
         self.register_buffer("B", torch.empty(0, 0, device=self.device), persistent=False)
         self.text_knn_t: torch.Tensor | None = None
         if self.text_weight > 0:
-            knn = cached_knn(self.t_feat, self.text_knn_k, "cosine", config["data_path"], config["dataset"])
+            knn = cached_knn(self.t_feat, self.text_knn_k, "cosine", graph_cache_dir(config),
+                             what="text kNN item graph")
             self.text_knn_t = to_torch_csr(knn.T, self.device)   # K_tᵀ: scores as (K_tᵀ x_uᵀ)ᵀ
 
     @property

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
-from utils.errors import ConfigError
-from utils.graph import (cached_knn, degree_sensitive_prune, edge_adjacency, lightgcn,
+from utils.errors import ModelInputError
+from utils.graph import (cached_knn, graph_cache_dir, degree_sensitive_prune, edge_adjacency, lightgcn,
                          normalized_adjacency, spmm, sym_normalize, to_torch_csr,
                          transpose_csr)
 
@@ -36,6 +36,10 @@ class FREEDOM(GeneralRecommender):
     """Freezing and denoising graph structures for multimodal recommendation."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"feat_embed_dim": (int, ">= 1"), "knn_k": (int, ">= 1"), "mm_image_weight": (float, ">= 0", "<= 1"),
+              "n_mm_layers": (int, ">= 0"), "n_ui_layers": (int, ">= 0"), "dropout": (float, ">= 0", "< 1"),
+              "reg_weight": (float, ">= 0")}
 
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
@@ -48,7 +52,7 @@ class FREEDOM(GeneralRecommender):
         self.dropout = float(config["dropout"])
         self.reg_weight = float(config["reg_weight"] or 0.0)
         if self.v_feat is None and self.t_feat is None:
-            raise ConfigError("FREEDOM needs at least one feature file (image_feat.npy or text_feat.npy)")
+            raise ModelInputError("FREEDOM needs at least one feature file (image_feat.npy or text_feat.npy)")
 
         self.user_embedding = nn.Embedding(self.n_users, self.embedding_dim)
         self.item_id_embedding = nn.Embedding(self.n_items, self.embedding_dim)
@@ -64,7 +68,7 @@ class FREEDOM(GeneralRecommender):
                 continue
             self.feat_emb[name] = nn.Embedding.from_pretrained(feat.clone(), freeze=False)
             self.feat_trs[name] = nn.Linear(feat.shape[1], self.feat_embed_dim)
-            knn = cached_knn(feat, self.knn_k, "binary", config["data_path"], config["dataset"])
+            knn = cached_knn(feat, self.knn_k, "binary", graph_cache_dir(config))
             graphs.append(sym_normalize(knn))
             weights.append(w)
         if len(graphs) == 1:

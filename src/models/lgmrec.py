@@ -22,7 +22,7 @@ from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError
+from utils.errors import ModelInputError
 from utils.graph import lightgcn, normalized_adjacency, spmm, to_torch_csr
 
 
@@ -30,11 +30,15 @@ class LGMRec(GeneralRecommender):
     """Local and global graph learning with hypergraph embeddings."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"n_ui_layers": (int, ">= 0"), "n_mm_layers": (int, ">= 0"), "n_hyper_layer": (int, ">= 0"),
+              "hyper_num": (int, ">= 1"), "keep_rate": (float, "> 0", "<= 1"), "alpha": (float, ">= 0"),
+              "tau": (float, "> 0"), "reg_weight": (float, ">= 0"), "cl_weight": (float, ">= 0")}
 
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:
-            raise ConfigError("LGMRec needs both image and text features (its hypergraph contrast "
+            raise ModelInputError("LGMRec needs both image and text features (its hypergraph contrast "
                               "aligns the two modalities); this dataset has only one modality")
         self.embedding_dim = int(config["embedding_size"])
         self.n_ui_layers = int(config["n_ui_layers"])

@@ -12,6 +12,8 @@ class LightGCN(GeneralRecommender):
     """Loss = BPR on propagated embeddings + reg_weight * L2 of the layer-0 batch embeddings."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"n_layers": (int, ">= 0"), "reg_weight": (float, ">= 0")}
 
     def __init__(self, config, dataloader):
         super().__init__(config, dataloader)

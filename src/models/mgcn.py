@@ -23,8 +23,8 @@ from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError
-from utils.graph import (bipartite_adjacency, cached_knn, lightgcn, spmm, sym_normalize,
+from utils.errors import ModelInputError
+from utils.graph import (bipartite_adjacency, cached_knn, graph_cache_dir, lightgcn, spmm, sym_normalize,
                          to_torch_csr, transpose_csr)
 
 
@@ -32,11 +32,14 @@ class MGCN(GeneralRecommender):
     """Multi-view graph convolutional network for multimedia recommendation."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"knn_k": (int, ">= 1"), "n_ui_layers": (int, ">= 0"), "n_layers": (int, ">= 0"),
+              "reg_weight": (float, ">= 0"), "cl_temperature": (float, "> 0"), "cl_loss": (float, ">= 0")}
 
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:
-            raise ConfigError("MGCN needs both image and text features (its fuser splits common and "
+            raise ModelInputError("MGCN needs both image and text features (its fuser splits common and "
                               "modality-specific parts); this dataset has only one modality")
         self.embedding_dim = int(config["embedding_size"])
         self.knn_k = int(config["knn_k"])
@@ -63,7 +66,7 @@ class MGCN(GeneralRecommender):
             self.feat_trs[name] = nn.Linear(feat.shape[1], d)
             self.purifier[name] = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
             self.prefer[name] = nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
-            knn = cached_knn(feat, self.knn_k, "cosine", config["data_path"], config["dataset"])
+            knn = cached_knn(feat, self.knn_k, "cosine", graph_cache_dir(config))
             self.item_adj[name] = to_torch_csr(sym_normalize(knn), self.device)
             self.item_adj_t[name] = transpose_csr(self.item_adj[name])
         self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))

@@ -46,8 +46,8 @@ from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError
-from utils.graph import (cached_co_interaction, cached_knn, normalized_adjacency,
+from utils.errors import ConfigError, ModelInputError
+from utils.graph import (cached_co_interaction, cached_knn, graph_cache_dir, normalized_adjacency,
                          normalized_interactions, propagate_mean, spmm, sym_normalize, to_torch_csr,
                          transpose_csr)
 
@@ -58,11 +58,15 @@ class MSCA(GeneralRecommender):
     """Collaborative, structural (co-interaction) and modality views, fused and aligned by InfoNCE."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"n_layers": (int, ">= 1"), "knn_k": (int, ">= 1"), "co_min_count": (int, ">= 1"),
+              "fusion_coeff": (float, ">= 0"), "tau": (float, "> 0"), "cl_weight": (float, ">= 0"),
+              "reg_weight": (float, ">= 0")}
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:
-            raise ConfigError("MSCA needs both image and text features (its fusion weighs the image, "
+            raise ModelInputError("MSCA needs both image and text features (its fusion weighs the image, "
                               "text and structural views); this dataset has only one modality")
         self.embedding_dim = int(config["embedding_size"])
         self.n_layers = int(config["n_layers"])
@@ -91,11 +95,11 @@ class MSCA(GeneralRecommender):
         self.r_adj_t = to_torch_csr(r_block.T, self.device)
         graphs = {"s": sym_normalize(cached_co_interaction(inter, self.knn_k, self.co_min_count,
                                                            self_loop=True, weighting="binary",
-                                                           data_path=config["data_path"],
-                                                           dataset=config["dataset"]))}
+                                                           cache=graph_cache_dir(config),
+                                                           what="structural co-interaction graph"))}
         for m in MODALITIES:
-            graphs[m] = sym_normalize(cached_knn(feats[m], self.knn_k, "cosine", config["data_path"],
-                                                 config["dataset"]))
+            graphs[m] = sym_normalize(cached_knn(feats[m], self.knn_k, "cosine", graph_cache_dir(config),
+                                                 what=f"{'image' if m == 'v' else 'text'} kNN item graph"))
         self.item_adj = {g: to_torch_csr(graphs[g], self.device) for g in graphs}
         self.item_adj_t = {g: transpose_csr(self.item_adj[g]) for g in graphs}
 

@@ -62,6 +62,11 @@ from common.abstract_recommender import GeneralRecommender
 from common.init import xavier_uniform_initialization
 from common.loss import BPRLoss
 
+try:  # [harness] a refusal of the data, reported as one line; MMRec has no such class
+    from common.abstract_recommender import ModelInputError
+except ImportError:  # inside MMRec
+    ModelInputError = ValueError
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 CACHE_VERSION = "sigrec-graphs-v1"  # bump when a builder's output changes meaning
@@ -340,11 +345,13 @@ def _writable(folder: Path) -> bool:
 
 
 def resolve_cache_dir(config: Any) -> Path:
-    """``graph_cache_dir``, else ``<data_path>/<dataset>/cache/`` if writable, else ~/.cache/sigrec/."""
+    """``graph_cache_dir``, else ``<output_dir>/cache/<dataset>/`` (the harness's output folder;
+    never the data folder, which may be shared or read-only), else ~/.cache/sigrec/. The files
+    are named by content hashes, so an old cache elsewhere is never reused by mistake."""
     explicit = config["graph_cache_dir"]
     candidates = [Path(os.path.expanduser(str(explicit)))] if explicit else []
-    if config["data_path"] and config["dataset"]:
-        candidates.append(Path(str(config["data_path"])) / str(config["dataset"]) / "cache")
+    if config["output_dir"]:
+        candidates.append(Path(str(config["output_dir"])) / "cache" / str(config["dataset"] or "default"))
     candidates.append(Path.home() / ".cache" / "sigrec")
     for folder in candidates:
         if not _writable(folder):
@@ -390,6 +397,19 @@ class SIGREC(GeneralRecommender):
     BPR + λ_reg L_reg, λ_p L_pert, λ_a L_anchor, λ_f L_align."""
 
     cached_scoring = True  # F is computed once per evaluation (a harness hint; MMRec ignores it)
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    choices = {"modalities": ("both", "image", "text"), "knn_weight": ("cosine", "binary"),
+               "cf_weight_mode": ("count", "binary"), "infusion": ("convex", "additive"),
+               "item_input": ("gated", "projection"), "fusion": ("gate", "mean"),
+               "perturb_mode": ("modulus", "constant"), "anchor_mode": ("anchor", "direct"),
+               "anchor_detach": (True, False), "align_detach": (True, False)}
+    ranges = {"n_ui_layers": (int, ">= 0"), "n_mm_layers": (int, ">= 1"), "reg_weight": (float, ">= 0"),
+              "knn_k": (int, ">= 1"), "cf_topk": (int, ">= 1"), "cf_weight": (float, ">= 0"),
+              "graph_block_size": (int, ">= 1"), "perturb_eps": (float, ">= 0"), "cl_weight": (float, ">= 0"),
+              "temperature": (float, "> 0"), "cl_max_nodes": (int, ">= 0"), "anchor_weight": (float, ">= 0"),
+              "align_weight": (float, ">= 0")}
+    # [harness] the terms calculate_loss returns, named once in the log (train_loss1, ...)
+    loss_names = ("BPR + reg", "perturbation InfoNCE", "anchor alignment", "fusion alignment")
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
@@ -450,11 +470,15 @@ class SIGREC(GeneralRecommender):
         avail = {"v": self.v_feat, "t": self.t_feat}
         wanted = {"both": ["v", "t"], "image": ["v"], "text": ["t"]}[which]
         feats = {m: avail[m].float() for m in wanted if avail[m] is not None}
+        names = {"v": "image (vision_feature_file)", "t": "text (text_feature_file)"}
         if not feats:
-            names = {"v": "image (vision_feature_file)", "t": "text (text_feature_file)"}
-            raise ValueError(f"SIGREC needs item features, but no {' or '.join(names[m] for m in wanted)} "
-                             f"feature was loaded for modalities '{which}'; check the dataset folder and "
-                             f"that is_multimodal_model is True")
+            raise ModelInputError(f"SIGREC needs item features, but no {' or '.join(names[m] for m in wanted)} "
+                                  f"feature was loaded for modalities '{which}'; check the dataset folder and "
+                                  f"that is_multimodal_model is True")
+        if len(feats) < len(wanted):
+            missing = " and ".join(names[m] for m in wanted if m not in feats)
+            logging.getLogger().warning(f"SIGREC: modalities '{which}' asked for, but no {missing} feature was "
+                                        f"loaded; training with {' and '.join(names[m].split()[0] for m in feats)} only")
         return feats
 
     def _semantic_graphs(self, config: Any, feats: dict[str, torch.Tensor],
@@ -476,8 +500,11 @@ class SIGREC(GeneralRecommender):
         if beta != 0:
             key = graph_cache_key("co", inter_arrays(inter), {"cf_topk": cf_topk, "cf_weight_mode": cf_mode})
             self.cache_files.append(folder / f"co_{key}.npz")
-            co = sym_normalize(cached_graph(folder, f"co_{key}",
-                                            lambda: cooccurrence_graph(inter, cf_topk, cf_mode, block)))
+            raw = cached_graph(folder, f"co_{key}", lambda: cooccurrence_graph(inter, cf_topk, cf_mode, block))
+            if raw.count_nonzero() == 0:  # never infuse a silent zero graph
+                raise ModelInputError("SIGREC's co-interaction graph C = RᵀR has no edges: no two items share a "
+                                      "training user; set cf_weight 0 to train without the infusion")
+            co = sym_normalize(raw)
         self.co_graph = co  # Ĉ (scipy), kept for inspection
         graphs = {}
         for m, f in feats.items():

@@ -40,8 +40,8 @@ from torch import nn
 
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError
-from utils.graph import (cached_knn, lightgcn, normalized_adjacency, normalized_interactions, spmm,
+from utils.errors import ModelInputError
+from utils.graph import (cached_knn, graph_cache_dir, lightgcn, normalized_adjacency, normalized_interactions, spmm,
                          sym_normalize, to_torch_csr, transpose_csr, union_max)
 
 MODALITIES = ("v", "t")
@@ -52,11 +52,15 @@ class SMORE(GeneralRecommender):
     """Spectral modality fusion, item-item views per modality and fused, behaviour-gated preference."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    ranges = {"n_ui_layers": (int, ">= 0"), "n_layers": (int, ">= 0"), "cl_loss": (float, ">= 0"),
+              "temperature": (float, "> 0"), "reg_weight": (float, ">= 0"), "image_knn_k": (int, ">= 1"),
+              "text_knn_k": (int, ">= 1"), "dropout_rate": (float, ">= 0", "< 1")}
 
     def __init__(self, config: Any, dataloader: Any) -> None:
         super().__init__(config, dataloader)
         if self.v_feat is None or self.t_feat is None:
-            raise ConfigError("SMORE needs both image and text features (its spectral fusion "
+            raise ModelInputError("SMORE needs both image and text features (its spectral fusion "
                               "multiplies the two modalities' spectra); this dataset has only one modality")
         self.embedding_dim = int(config["embedding_size"])
         self.n_ui_layers = int(config["n_ui_layers"])
@@ -80,8 +84,8 @@ class SMORE(GeneralRecommender):
         r_block = normalized_interactions(inter)
         self.r_adj = to_torch_csr(r_block, self.device)
         self.r_adj_t = to_torch_csr(r_block.T, self.device)
-        graphs = {m: sym_normalize(cached_knn(feats[m], self.knn_k[m], "cosine", config["data_path"],
-                                              config["dataset"])) for m in MODALITIES}
+        graphs = {m: sym_normalize(cached_knn(feats[m], self.knn_k[m], "cosine", graph_cache_dir(config),
+                                              what=f"{'image' if m == 'v' else 'text'} kNN item graph")) for m in MODALITIES}
         graphs["f"] = union_max(graphs["v"], graphs["t"])
         self.item_adj = {m: to_torch_csr(graphs[m], self.device) for m in VIEWS}
         self.item_adj_t = {m: transpose_csr(self.item_adj[m]) for m in VIEWS}

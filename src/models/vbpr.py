@@ -33,7 +33,7 @@ from torch import nn
 from common.abstract_recommender import GeneralRecommender
 from common.init import xavier_normal_initialization
 from common.loss import BPRLoss, EmbLoss
-from utils.errors import ConfigError
+from utils.errors import ConfigError, ModelInputError
 
 # feature_order -> (modalities in concatenation order, code stored in the state dict)
 FEATURE_ORDERS = {"text_image": (("t", "v"), 0), "image_text": (("v", "t"), 1)}
@@ -44,6 +44,9 @@ class VBPR(GeneralRecommender):
     """Visual(-textual) Bayesian personalised ranking."""
 
     cached_scoring = True  # full_sort_predict reuses embeddings computed once per evaluation
+    # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
+    choices = {"feature_order": ("text_image", "image_text")}
+    ranges = {"reg_weight": (float, ">= 0")}
 
     def __init__(self, config, dataloader) -> None:
         super().__init__(config, dataloader)
@@ -56,7 +59,7 @@ class VBPR(GeneralRecommender):
         blocks = {"v": self.v_feat, "t": self.t_feat}
         feats = [blocks[m] for m in FEATURE_ORDERS[self.feature_order][0] if blocks[m] is not None]
         if not feats:
-            raise ConfigError("VBPR needs at least one feature file (image_feat.npy or text_feat.npy)")
+            raise ModelInputError("VBPR needs at least one feature file (image_feat.npy or text_feat.npy)")
         self._block_dims = {m: int(f.shape[1]) for m, f in blocks.items() if f is not None}
         # frozen raw features, concatenated once
         self.register_buffer("item_raw_features", torch.cat(feats, dim=1), persistent=False)

@@ -13,7 +13,7 @@ from utils.metrics import dict2str
 from utils.utils import get_model, init_seed, resolve_device
 
 
-def evaluate_checkpoint(path: Path, device: str | None = None) -> dict:
+def evaluate_checkpoint(path: Path, device: str | None = None, config_dir: str | None = None) -> dict:
     """Rebuild data and model from the checkpoint's config, load the weights, score valid and test."""
     from utils.quick_start import load_data
 
@@ -25,7 +25,7 @@ def evaluate_checkpoint(path: Path, device: str | None = None) -> dict:
         state, values = saved["state_dict"], saved["config"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise ConfigError(f"{path} is not a checkpoint written by this harness ({exc})") from None
-    config = Config(values["model"], values["dataset"])
+    config = Config(values["model"], values["dataset"], extra_config_dir=config_dir)
     config.final_config_dict.update(values)
     config["device"] = resolve_device(device, values.get("use_gpu"))
     config["quiet"] = True

@@ -27,7 +27,7 @@ from utils.errors import ConfigError, HarnessError
 from utils.logger import init_logger
 from utils.plots import plot_bars, plot_curves, plot_sensitivity, sensitivity_series
 from utils.quick_start import RunOptions, grid_points, load_data, params_text, run_dir, run_grid
-from utils.results import ResultsStore, point_key
+from utils.results import ResultsStore, point_key, prepare_output
 from utils.statistics import ComparisonTable, build_table, write_table
 from utils.utils import resolve_device
 
@@ -145,12 +145,13 @@ def comparison_table(results: list[ModelRuns], dataset: str) -> SeedTable:
                      include_selection=include.pop())
 
 
-def split_overrides(models: list[str], dataset: str, overrides: dict) -> dict[str, dict]:
+def split_overrides(models: list[str], dataset: str, overrides: dict,
+                    config_dir: str | None = None) -> dict[str, dict]:
     """Each model's share of the command-line overrides: the keys its config knows.
 
     ``MODEL.key`` (e.g. ``--SIGREC.cl_weight 0.01``) goes to that model only and wins over a plain
     ``key``. A key that no model knows is a ConfigError naming the closest known keys."""
-    known = {m: set(Config(m, dataset).known_keys) for m in models}
+    known = {m: set(Config(m, dataset, extra_config_dir=config_dir).known_keys) for m in models}
     every = sorted(set().union(*known.values()))
     shares: dict[str, dict] = {m: {} for m in models}
     scoped: dict[str, dict] = {m: {} for m in models}
@@ -191,9 +192,10 @@ def compare_model(model: str, dataset: str, overrides: dict, seeds: list[int] | 
                   args: argparse.Namespace, output: Path) -> ModelRuns | None:
     """Select one model's best point on the selection seed, then run it for every seed."""
     log = logging.getLogger()
-    config = Config(model, dataset, overrides)
+    config = Config(model, dataset, overrides, extra_config_dir=getattr(args, "config_dir", None))
     config["device"] = resolve_device(args.device, config["use_gpu"])
     config["quiet"] = args.quiet
+    config["output_dir"] = str(output)  # graph caches go under it
     include = bool(getattr(args, "include_selection_seed", False))
     search_seed, model_seeds, averaged = seed_plan(model, config["seed"], seeds, include)
     log.info(f"########## {model} on {dataset}: grid search at seed {search_seed}, then seeds {model_seeds}; "
@@ -282,10 +284,12 @@ def run_comparison(models: list[str], dataset: str, seeds: list[int] | None, ove
         raise ConfigError("--seeds needs distinct integers, e.g. --seeds 999,1,2,3")
     if getattr(args, "search", "grid") != "grid":
         raise ConfigError("a comparison selects each model by grid search; drop --search/--trials")
-    shares = split_overrides(models, dataset, overrides)
+    config_dir = getattr(args, "config_dir", None)
+    shares = split_overrides(models, dataset, overrides, config_dir)
     include = bool(getattr(args, "include_selection_seed", False))
-    for model in models:  # every model's seeds are checked before anything is trained
-        seed_plan(model, Config(model, dataset, shares[model])["seed"], seeds, include)
+    for model in models:  # every model's values and seeds are checked before anything is written
+        seed_plan(model, Config(model, dataset, shares[model], extra_config_dir=config_dir)["seed"], seeds, include)
+    prepare_output(output)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     init_logger(output / "logs" / f"compare-{dataset}-{stamp}-{os.getpid()}.log", args.quiet)
     log = logging.getLogger()

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import yaml
 
 from utils.errors import ConfigError
+from utils.schema import check_config
 
 SRC_DIR = Path(__file__).resolve().parents[1]
 CONFIG_DIR = SRC_DIR / "configs"
@@ -68,6 +69,24 @@ def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
 
 
+def _shown_path(path: Path) -> str:
+    """A config file as error lines name it: relative to src/ when it is one of ours."""
+    try:
+        return str(Path(path).resolve().relative_to(SRC_DIR))
+    except ValueError:
+        return str(path)
+
+
+def _model_class(model: str) -> type | None:
+    """The model's class, whose ``choices``/``ranges`` the schema reads; None when there is no
+    such module yet (the error then comes when the model is built, as before)."""
+    from utils.utils import get_model
+    try:
+        return get_model(model)
+    except ConfigError:
+        return None
+
+
 def closest(key: str, known: list[str], n: int = 3) -> str:
     """A hint naming the known keys closest to ``key``."""
     near = difflib.get_close_matches(key, known, n=n, cutoff=0.5)
@@ -90,28 +109,39 @@ def merge(base: dict, layer: dict) -> dict:
 
 
 class Config:
-    """The resolved config of one run (all grid values still as lists)."""
+    """The resolved config of one run (all grid values still as lists), checked against the
+    schema (``utils.schema``) before it is returned: a bad value never reaches the data."""
 
     def __init__(self, model: str, dataset: str, overrides: dict | None = None,
-                 config_dir: Path | None = None) -> None:
+                 config_dir: Path | None = None, extra_config_dir: Path | None = None,
+                 check: bool = True) -> None:
         root = Path(config_dir) if config_dir else CONFIG_DIR
         self.model, self.dataset = model, dataset
-        ds_file, model_file = root / "dataset" / f"{dataset}.yaml", root / "model" / f"{model}.yaml"
-        if not ds_file.exists():
-            raise ConfigError(f"no config for dataset '{dataset}': expected {ds_file} "
-                              f"(known datasets: {', '.join(available('dataset'))})")
-        if not model_file.exists():
-            raise ConfigError(f"no config for model '{model}': expected {model_file} "
-                              f"(known models: {', '.join(available('model'))})")
-        layers = [load_yaml(root / "overall.yaml"), load_yaml(ds_file), load_yaml(model_file)]
+        # main.py --config_dir: a folder with more dataset/model yamls (prepare.py --config-dir)
+        self.extra_config_dir = Path(extra_config_dir).expanduser() if extra_config_dir else None
+        ds_file = self._find(root, "dataset", dataset)
+        model_file = self._find(root, "model", model)
+        if ds_file is None:
+            raise ConfigError(f"no config for dataset '{dataset}': expected {root / 'dataset' / f'{dataset}.yaml'}"
+                              f"{self._extra_hint('dataset', dataset)} "
+                              f"(known datasets: {', '.join(self._available(root, 'dataset'))})")
+        if model_file is None:
+            raise ConfigError(f"no config for model '{model}': expected {root / 'model' / f'{model}.yaml'}"
+                              f"{self._extra_hint('model', model)} "
+                              f"(known models: {', '.join(self._available(root, 'model'))})")
+        files = [root / "overall.yaml", ds_file, model_file]
+        layers = [load_yaml(path) for path in files]
         merged: dict = {}
-        for layer in layers:
+        self.sources: dict[str, str] = {}  # key -> where its value was set (for error lines)
+        for path, layer in zip(files, layers):
             merged = merge(merged, layer)
+            self.sources.update({key: _shown_path(path) for key in layer})
         self.known_keys = sorted(set().union(*layers) | RUNTIME_KEYS)
         grid = list(merged.get("hyper_parameters") or [])
         if "seed" not in grid:
             grid.insert(0, "seed")
         merged["hyper_parameters"] = grid
+        self.defaults = dict(merged)  # the yaml values, before the command line
         for key, value in (overrides or {}).items():
             if key not in self.known_keys:
                 raise ConfigError(f"unknown config key '{key}' for {model} on {dataset}: "
@@ -119,6 +149,7 @@ class Config:
             if key == "hyper_parameters":
                 raise ConfigError("hyper_parameters cannot be overridden; override a grid key instead")
             merged[key] = value
+            self.sources[key] = "command line"
         for key in grid:
             if key not in merged:
                 raise ConfigError(f"grid key '{key}' of {model} has no values in any config file")
@@ -128,9 +159,35 @@ class Config:
         merged.setdefault("USER_ID_FIELD", "userID")
         merged.setdefault("ITEM_ID_FIELD", "itemID")
         merged.setdefault("NEG_PREFIX", "neg_")
+        if check:
+            check_config(merged, self.sources, grid, model, _model_class(model), self.defaults)
         merged["NEG_ITEM_ID"] = merged["NEG_PREFIX"] + merged["ITEM_ID_FIELD"]
         merged["data_path"] = self._resolve_data_path(merged.get("data_path") or "../data/")
         self.final_config_dict = merged
+
+    def _find(self, root: Path, kind: str, name: str) -> Path | None:
+        """``<extra>/<kind>/<name>.yaml`` (and, for a dataset, ``<extra>/<name>.yaml``, as
+        prepare.py --config-dir writes it) first, then the built-in one."""
+        candidates = []
+        if self.extra_config_dir is not None:
+            if kind == "dataset":
+                candidates.append(self.extra_config_dir / f"{name}.yaml")
+            candidates.append(self.extra_config_dir / kind / f"{name}.yaml")
+        candidates.append(root / kind / f"{name}.yaml")
+        return next((p for p in candidates if p.is_file()), None)
+
+    def _extra_hint(self, kind: str, name: str) -> str:
+        if self.extra_config_dir is None:
+            return ""
+        return f" or {self.extra_config_dir / (f'{name}.yaml' if kind == 'dataset' else f'{kind}/{name}.yaml')} (--config_dir)"
+
+    def _available(self, root: Path, kind: str) -> list[str]:
+        names = {p.stem for p in (root / kind).glob("*.yaml")}
+        if self.extra_config_dir is not None:
+            if kind == "dataset":
+                names |= {p.stem for p in self.extra_config_dir.glob("*.yaml")}
+            names |= {p.stem for p in (self.extra_config_dir / kind).glob("*.yaml")}
+        return sorted(names - {"overall"})
 
     @staticmethod
     def _resolve_data_path(path: str) -> str:

@@ -16,6 +16,8 @@ from utils.results import atomic_write
 
 OBTAIN_HINT = ("put MMRec's preprocessed files there (see README, 'Data'), "
                "or build them with `python src/prepare.py`")
+DATA_PATH_HINT = "or point --data_path to the folder that holds <dataset>/"
+NPY_MAGIC = b"\x93NUMPY"
 SPLIT_NAMES = ("train", "valid", "test")
 
 
@@ -57,9 +59,18 @@ def load_feature(path: Path, n_items: int) -> np.ndarray | None:
     if not path.exists():
         return None
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise DataError(f"cannot read feature file {path}: {exc.strerror}") from None
+    if magic != NPY_MAGIC:  # numpy would blame pickling (allow_pickle), which is not the problem
+        raise DataError(f"feature file {path} is not a .npy file (no NumPy header); it must be a float "
+                        f"array [n_items, dim] written with numpy.save")
+    try:
         feat = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read feature file {path} ({exc}); it must be a .npy float array") from None
+        raise DataError(f"cannot read feature file {path} ({str(exc).splitlines()[0]}); "
+                        f"it must be a .npy float array") from None
     if feat.ndim != 2 or not np.issubdtype(feat.dtype, np.number):
         raise DataError(f"feature file {path} must be a 2-D numeric array [n_items, dim], "
                         f"got shape {feat.shape} of {feat.dtype}")
@@ -82,10 +93,10 @@ def data_files(config: Any) -> dict[str, Path]:
     feature file (a missing one is still listed: it leaves its modality out)."""
     folder = Path(config["data_path"]) / config["dataset"]
     if not folder.is_dir():
-        raise DataError(f"dataset folder {folder} does not exist: {OBTAIN_HINT}")
+        raise DataError(f"dataset folder {folder} does not exist: {OBTAIN_HINT}, {DATA_PATH_HINT}")
     inter_file = folder / (config["inter_file_name"] or f"{config['dataset']}.inter")
     if not inter_file.exists():
-        raise DataError(f"interaction file {inter_file} is missing: {OBTAIN_HINT}")
+        raise DataError(f"interaction file {inter_file} is missing: {OBTAIN_HINT}, {DATA_PATH_HINT}")
     files = {"inter": inter_file}
     if config["is_multimodal_model"]:
         files.update({key: folder / config[key] for key in FEATURE_KEYS if config[key]})
@@ -196,21 +207,68 @@ class RecDataset:
             raise DataError(f"{inter_file} has no training rows ({lab} = 0); nothing to train on")
         self.n_users = int(self.users.max()) + 1
         self.n_items = int(self.items.max()) + 1
-        if config["filter_out_cod_start_users"]:
-            self._drop_cold_start_users()
+        self._report_duplicates(inter_file)
+        self._report_unseen_items(inter_file)
+        self._cold_start_users(inter_file, bool(config["filter_out_cod_start_users"]))
         self.v_feat = self.t_feat = None
         for attr, key in (("v_feat", "vision_feature_file"), ("t_feat", "text_feature_file")):
             if files.get(key) is not None:
                 setattr(self, attr, load_feature(files[key], self.n_items))
+                if getattr(self, attr) is None:
+                    modality = "image" if attr == "v_feat" else "text"
+                    self.logger.warning(f"{key} {files[key]} does not exist: the {modality} modality is left out")
 
-    def _drop_cold_start_users(self) -> None:
+    # --- data problems are reported, never silent ----------------------------------------
+    def _report_duplicates(self, path: Path) -> None:
+        """Repeated (user, item) rows are kept, as MMRec keeps them: training draws each row (a
+        repeated pair twice per epoch); the interaction matrices, the masks and the metrics count
+        a pair once. ``src/prepare.py`` drops them when it builds a dataset."""
+        codes = self.users * self.n_items + self.items
+        unique, counts = np.unique(codes, return_counts=True)
+        extra = int(codes.size - unique.size)
+        if not extra:
+            return
+        _, splits = np.unique(np.unique(codes * 3 + self.labels) // 3, return_counts=True)
+        across = int((splits > 1).sum())  # pairs with rows in two or three splits
+        self.logger.warning(f"{path}: {extra} duplicate user-item rows ({int((counts > 1).sum())} pairs), kept as "
+                            f"MMRec keeps them (training samples every row; matrices and metrics count a pair once)"
+                            + (f"; {across} pairs are in more than one split, so their valid/test rows are also "
+                               f"training items and can never be hit" if across else ""))
+
+    def _report_unseen_items(self, path: Path) -> None:
+        """Item IDs without a training row: gaps in the ID range, or items only in valid/test.
+        They stay in the ranking (n_items = max ID + 1, as in MMRec) with untrained embeddings."""
+        in_train = np.zeros(self.n_items, dtype=bool)
+        in_train[self.items[self.labels == 0]] = True
+        anywhere = np.zeros(self.n_items, dtype=bool)
+        anywhere[self.items] = True
+        gaps, eval_only = int((~anywhere).sum()), int((anywhere & ~in_train).sum())
+        if gaps or eval_only:
+            self.logger.warning(f"{path}: {gaps + eval_only} of {self.n_items} item IDs never occur in training "
+                                f"({gaps} nowhere in the file: gaps in the ID range; {eval_only} only in valid/test); "
+                                f"they are still ranked, with untrained embeddings")
+        user_gaps = self.n_users - int(np.unique(self.users).size)
+        if user_gaps:
+            self.logger.warning(f"{path}: {user_gaps} of {self.n_users} user IDs have no row at all "
+                                f"(gaps in the ID range); they are never evaluated")
+
+    def _cold_start_users(self, path: Path, drop: bool) -> None:
+        """Users with valid/test rows but no training row: dropped (``filter_out_cod_start_users``,
+        as in MMRec) or kept, with a warning either way."""
         warm = np.zeros(self.n_users, dtype=bool)
         warm[self.users[self.labels == 0]] = True
         keep = warm[self.users]
-        dropped = int((~keep).sum())
-        if dropped:
-            self.logger.info(f"dropped {dropped} valid/test rows of users with no training row")
+        rows = int((~keep).sum())
+        if not rows:
+            return
+        users = int(np.unique(self.users[~keep]).size)
+        if drop:
+            self.logger.warning(f"{path}: {users} users appear only in valid/test; their {rows} rows are "
+                                f"dropped (filter_out_cod_start_users)")
             self.users, self.items, self.labels = self.users[keep], self.items[keep], self.labels[keep]
+        else:
+            self.logger.warning(f"{path}: {users} users appear only in valid/test ({rows} rows), kept "
+                                f"(filter_out_cod_start_users False): they are scored with untrained embeddings")
 
     # --- MMRec-compatible accessors -------------------------------------------------------
     @property

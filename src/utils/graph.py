@@ -8,11 +8,13 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from utils.errors import ModelInputError
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -45,8 +47,20 @@ def to_torch_csr(mat: sp.spmatrix, device: torch.device | str = "cpu") -> torch.
                                    check_invariants=False)
 
 
-def normalized_adjacency(inter: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
+def require_edges(mat: sp.spmatrix, what: str, cause: str, off_diagonal: bool = False) -> sp.spmatrix:
+    """``mat`` itself, or a ModelInputError naming the graph and the cause when it has no edge
+    (no nonzero entry; with ``off_diagonal``, none outside the diagonal): never a silent zero graph."""
+    m = sp.csr_matrix(mat)
+    edges = m.count_nonzero() - (int(np.count_nonzero(m.diagonal())) if off_diagonal else 0)
+    if edges == 0:
+        raise ModelInputError(f"the {what} ({m.shape[0]} x {m.shape[1]}) has no edges: {cause}")
+    return mat
+
+
+def normalized_adjacency(inter: sp.spmatrix, device: torch.device | str = "cpu",
+                         what: str = "user-item graph") -> torch.Tensor:
     """Â = D^-1/2 [[0, R], [R^T, 0]] D^-1/2 as torch CSR."""
+    require_edges(inter, what, "the training split holds no interaction")
     return to_torch_csr(sym_normalize(bipartite_adjacency(inter)), device)
 
 
@@ -262,29 +276,42 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def cache_dir(data_path: str | os.PathLike | None, dataset: str | None) -> Path:
-    """``<data_path>/<dataset>/cache/`` when that folder is writable, else
-    ``~/.cache/mmrec-harness/<dataset>/`` (e.g. for the read-only shared data)."""
-    if data_path and dataset:
-        ds_dir = Path(data_path) / dataset
-        folder = ds_dir / "cache"
-        if folder.is_dir() and _writable(folder) and _writable(ds_dir):
-            return folder
-        if not folder.exists() and ds_dir.is_dir() and _writable(ds_dir):
-            try:
-                folder.mkdir(exist_ok=True)
-                return folder
-            except OSError:
-                pass
-    folder = Path(os.path.expanduser("~/.cache/mmrec-harness")) / (dataset or "default")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def default_cache_dir(dataset: str | None) -> Path:
+    return Path(os.path.expanduser("~/.cache/mmrec-harness")) / (dataset or "default")
+
+
+def graph_cache_dir(config: Any) -> Path:
+    """Where a run's derived graphs are cached: ``graph_cache_dir`` when the config sets it, else
+    ``<output>/cache/<dataset>/`` (main.py puts the output folder in ``output_dir``), else
+    ``~/.cache/mmrec-harness/<dataset>/``; never the data folder, which may be shared or read-only.
+    Caches are named by content hashes, so an old one (e.g. under ``data/<name>/cache/``) is
+    never reused by mistake; it can be deleted."""
+    dataset = config.get("dataset")
+    explicit = config.get("graph_cache_dir")
+    if explicit:
+        return Path(os.path.expanduser(str(explicit)))
+    if config.get("output_dir"):
+        return Path(config["output_dir"]) / "cache" / str(dataset or "default")
+    return default_cache_dir(dataset)
+
+
+def _usable_folder(folder: Path | None, dataset: str | None = None) -> Path:
+    """``folder`` created if needed, or the default cache when it cannot be written."""
+    for candidate in ([Path(folder)] if folder is not None else []) + [default_cache_dir(dataset)]:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if _writable(candidate):
+            return candidate
+    return default_cache_dir(dataset)
 
 
 def cached_sparse(name: str, key_parts: tuple, build: Callable[[], sp.spmatrix],
-                  data_path: str | None = None, dataset: str | None = None) -> sp.csr_matrix:
-    """Load ``name-<hash(key_parts)>.npz`` from the cache, or build, save atomically and return it."""
-    path = cache_dir(data_path, dataset) / f"{name}-{content_hash(name, *key_parts)[:20]}.npz"
+                  cache: Path | None = None) -> sp.csr_matrix:
+    """Load ``name-<hash(key_parts)>.npz`` from the cache folder, or build, save atomically and
+    return it. A cache that cannot be read is rebuilt; one that cannot be written is skipped."""
+    path = _usable_folder(cache) / f"{name}-{content_hash(name, *key_parts)[:20]}.npz"
     if path.exists():
         try:
             with np.load(path) as z:
@@ -302,12 +329,13 @@ def cached_sparse(name: str, key_parts: tuple, build: Callable[[], sp.spmatrix],
     return mat
 
 
-def cached_knn(feat: np.ndarray | torch.Tensor, k: int, weighting: str, data_path: str | None = None,
-               dataset: str | None = None) -> sp.csr_matrix:
-    """``knn_graph`` through the disk cache, keyed by the feature bytes, k and the weighting."""
+def cached_knn(feat: np.ndarray | torch.Tensor, k: int, weighting: str, cache: Path | None = None,
+               what: str = "kNN item graph") -> sp.csr_matrix:
+    """``knn_graph`` through the disk cache, keyed by the feature bytes, k and the weighting; a
+    graph without edges (all-zero features under cosine weights) is a ModelInputError."""
     arr = feat.detach().cpu().numpy() if torch.is_tensor(feat) else np.asarray(feat)
-    return cached_sparse(f"knn{k}-{weighting}", (arr, int(k), weighting),
-                         lambda: knn_graph(feat, k, weighting), data_path, dataset)
+    mat = cached_sparse(f"knn{k}-{weighting}", (arr, int(k), weighting), lambda: knn_graph(feat, k, weighting), cache)
+    return require_edges(mat, what, "every feature row is zero, so no item has a positive cosine neighbour")
 
 
 # --- degree-sensitive edge pruning (FREEDOM) -----------------------------------------------------
@@ -439,17 +467,21 @@ def co_interaction_graph(inter: sp.spmatrix, k: int, min_count: int = 1, self_lo
 
 
 def cached_co_interaction(inter: sp.spmatrix, k: int, min_count: int = 1, self_loop: bool = False,
-                          weighting: str = "count", data_path: str | None = None,
-                          dataset: str | None = None) -> sp.csr_matrix:
+                          weighting: str = "count", cache: Path | None = None,
+                          what: str = "item-item co-interaction graph",
+                          nodes: tuple[str, str] = ("items", "user")) -> sp.csr_matrix:
     """``co_interaction_graph`` through the disk cache, keyed by the binary training matrix, k,
-    the threshold, the self-loop and the weighting (a new split gives a new file)."""
+    the threshold, the self-loop and the weighting (a new split gives a new file). A graph with
+    no edge between two different nodes is a ModelInputError naming ``what``; ``nodes`` names the
+    rows and the columns of ``inter`` for that message (("users", "item") for R Rᵀ)."""
     r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
     r.sum_duplicates()
     r.data[:] = 1.0
-    return cached_sparse(f"co{k}-min{min_count}-{weighting}{'-self' if self_loop else ''}",
-                         (r, int(k), int(min_count), bool(self_loop), weighting),
-                         lambda: co_interaction_graph(r, k, min_count, self_loop, weighting),
-                         data_path, dataset)
+    mat = cached_sparse(f"co{k}-min{min_count}-{weighting}{'-self' if self_loop else ''}",
+                        (r, int(k), int(min_count), bool(self_loop), weighting),
+                        lambda: co_interaction_graph(r, k, min_count, self_loop, weighting), cache)
+    shared = f"a training {nodes[1]}" if int(min_count) <= 1 else f"{int(min_count)} or more training {nodes[1]}s"
+    return require_edges(mat, what, f"no two {nodes[0]} share {shared}", off_diagonal=True)
 
 
 def union_max(a: sp.spmatrix, b: sp.spmatrix) -> sp.csr_matrix:
@@ -478,15 +510,14 @@ def union_max(a: sp.spmatrix, b: sp.spmatrix) -> sp.csr_matrix:
 
 # --- DRAGON: mixed modality kNN graphs, ranked neighbour lists, neighbour-list matrices ----------
 def mixed_knn_graph(feats: list[tuple[np.ndarray | torch.Tensor | None, float]], k: int,
-                    weighting: str = "binary", data_path: str | None = None,
-                    dataset: str | None = None) -> sp.csr_matrix:
+                    weighting: str = "binary", cache: Path | None = None) -> sp.csr_matrix:
     """S = Σ_m w_m D^-1/2 kNN_k(X_m) D^-1/2 over the (features, weight) pairs whose features are
     not None; with one modality present, its normalised graph alone (weight 1), as FREEDOM and
     DRAGON do in MMRec. Each kNN graph comes through the disk cache (``cached_knn``)."""
     present = [(f, float(w)) for f, w in feats if f is not None]
     if not present:
         raise ValueError("mixed_knn_graph needs at least one modality's features")
-    graphs = [sym_normalize(cached_knn(f, k, weighting, data_path, dataset)) for f, _ in present]
+    graphs = [sym_normalize(cached_knn(f, k, weighting, cache)) for f, _ in present]
     if len(graphs) == 1:
         return graphs[0]
     return sp.csr_matrix(sum(w * g for (_, w), g in zip(present, graphs)), dtype=np.float32)

@@ -28,24 +28,31 @@ def _spans_decades(values: Sequence[float]) -> bool:
     return all(v > 0 for v in values) and max(values) / min(values) >= 100
 
 
+def curve_points(history: list[dict]) -> tuple[list[int], list[float], list[tuple[int, float]]]:
+    """(epochs, losses, [(epoch, valid score)]) of one history, epochs numbered from 0 as in the log."""
+    epochs = [h["epoch"] for h in history]
+    loss = [h["loss"] for h in history]
+    scored = [(h["epoch"], h["valid_score"]) for h in history if h.get("valid_score") is not None]
+    return epochs, loss, scored
+
+
 def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Recall@20",
                 title: str = "Training curves (best grid point, first seed)") -> Path:
-    """Training loss and validation ``metric`` per epoch, one line per model."""
+    """Training loss and validation ``metric`` per epoch, one line per model; epochs are numbered
+    from 0, as the log numbers them (``epoch 0 training [...]``)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_valid = fig.subplots(1, 2)
     losses: list[float] = []
     for model, history in histories.items():
-        epochs = [h["epoch"] + 1 for h in history]
-        loss = [h["loss"] for h in history]
+        epochs, loss, scored = curve_points(history)
         losses += [v for v in loss if v is not None and math.isfinite(v)]
         ax_loss.plot(epochs, loss, marker="." if len(epochs) < 30 else None, label=model)
-        scored = [(h["epoch"] + 1, h["valid_score"]) for h in history if h.get("valid_score") is not None]
         if scored:
             ax_valid.plot(*zip(*scored), marker="." if len(scored) < 30 else None, label=model)
     if losses and _spans_decades(losses):
         ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (sum over batches)", title="Training loss")
-    ax_valid.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric}")
+    ax_loss.set(xlabel="epoch (from 0, as in the log)", ylabel="training loss (sum over batches)", title="Training loss")
+    ax_valid.set(xlabel="epoch (from 0, as in the log)", ylabel=f"validation {metric}", title=f"Validation {metric}")
     for ax in (ax_loss, ax_valid):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -15,10 +15,11 @@ import torch
 import yaml
 
 from common.trainer import Trainer, save_atomic
+from utils.claim import PointClaim
 from utils.configurator import Config
 from utils.dataloader import EvalDataLoader, TrainDataLoader
 from utils.dataset import RecDataset, fingerprint
-from utils.errors import ConfigError, TrainingError
+from utils.errors import DataError, TrainingError
 from utils.metrics import dict2str
 from utils.results import DATA_KEY, ResultsStore, atomic_write, best_record, point_key
 from utils.utils import get_model, init_seed
@@ -45,6 +46,7 @@ def load_data(config: Config, cache_dir: Path | None = None) -> Data:
     content hash that point keys include), cached in ``cache_dir`` when given."""
     dataset = RecDataset(config)
     logging.getLogger().info("\n" + dataset.statistics())
+    check_topk(config, dataset)
     config[DATA_KEY] = fingerprint(config, cache_dir)
     train, valid, test = dataset.split()
     return Data(dataset,
@@ -52,6 +54,16 @@ def load_data(config: Config, cache_dir: Path | None = None) -> Data:
                 EvalDataLoader(config, valid, additional_dataset=train, batch_size=config["eval_batch_size"]),
                 EvalDataLoader(config, test, additional_dataset=train, batch_size=config["eval_batch_size"]),
                 config[DATA_KEY])
+
+
+def check_topk(config: Any, dataset: RecDataset) -> None:
+    """Refuse, before training, a ``topk`` that asks for more items than the dataset has."""
+    topk = [int(k) for k in config["topk"] or []]
+    if topk and max(topk) > dataset.n_items:
+        fitting = [k for k in topk if k <= dataset.n_items]
+        hint = f', e.g. --topk "{fitting}"' if fitting else ""
+        raise DataError(f"topk = {topk} asks for the top {max(topk)} items, but dataset {config['dataset']} has "
+                        f"only {dataset.n_items} items; lower topk{hint} (valid_metric's k included)")
 
 
 def grid_points(config: Config) -> list[dict]:
@@ -88,10 +100,8 @@ def train_point(cfg: Config, data: Data, folder: Path,
     init_seed(int(cfg["seed"]), cfg["deterministic"] is not False)
     data.train.pretrain_setup(int(cfg["seed"]))
     start = time.perf_counter()
-    try:
-        model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
-    except ValueError as exc:  # a model refusing its config (e.g. a missing modality): one line
-        raise ConfigError(f"{cfg['model']}: {exc}") from None
+    # a model refusing its data raises ModelInputError (one line); any other error is a bug
+    model = get_model(cfg["model"])(cfg, data.train).to(cfg["device"])
     log.info(str(model))
     trainer = Trainer(cfg, model)
     trainer.on_eval = on_eval
@@ -125,7 +135,11 @@ def train_point(cfg: Config, data: Data, folder: Path,
 
 
 def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> dict | None:
-    """Run (or reuse) every grid point; log MMRec's summary; return the best record."""
+    """Run (or reuse) every grid point; log MMRec's summary; return the best record.
+
+    Each point is trained under its claim (``utils.claim``): a point another command on the same
+    output is training is passed over, and waited for once the others are done; its record is
+    then reused, or, if that command died first, the point is trained (resumed) here."""
     log = logging.getLogger()
     data = data or load_data(config, options.output_dir)
     if data.fingerprint is not None:
@@ -133,7 +147,9 @@ def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> d
     store = ResultsStore(Path(options.output_dir) / "results.jsonl")
     metric = str(config["valid_metric"] or "Recall@20").lower()
     points = grid_points(config)
-    done: list[tuple[dict, dict]] = []
+    started = time.time()  # with --rerun, records written after this are this run's, not old ones
+    results: list[tuple[dict, dict] | None] = [None] * len(points)
+    passed_over: list[tuple[int, PointClaim, str]] = []
     for idx, point in enumerate(points):
         cfg = config.point(point)
         key = point_key(cfg.final_config_dict)
@@ -141,25 +157,57 @@ def run_grid(config: Config, options: RunOptions, data: Data | None = None) -> d
         previous = store.finished(key)
         if previous is not None and not options.rerun:
             log.info(f"already finished ({previous['status']}), reusing its result; --rerun trains it again")
-            done.append((point, previous))
+            results[idx] = (point, previous)
             continue
-        folder = run_dir(options.output_dir, cfg, key)
-        write_point_config(folder, cfg)
-        record = train_point(cfg, data, folder)
-        record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
-                      seed=int(cfg["seed"]), valid_metric=metric, finished_at=time.time(),
-                      data_fingerprint=cfg[DATA_KEY])
-        store.append(record)
-        (folder / "resume.pt").unlink(missing_ok=True)
-        done.append((point, record))
-        if record["status"] == "ok":
-            log.info(f"best valid result: {dict2str(record['valid'])}")
-            log.info(f"test result: {dict2str(record['test'])}")
-        best = best_record([r for _, r in done], metric)
-        if best is not None:
-            log.info(f"████Current BEST████:\nParameters: {params_text(best['parameters'])},\n"
-                     f"Valid: {dict2str(best['valid'])},\nTest: {dict2str(best['test'])}\n\n")
-    return log_summary(done, metric)
+        claim = PointClaim(run_dir(options.output_dir, cfg, key))
+        if not claim.acquire():
+            holder = claim.holder()
+            log.info(f"claimed by {holder}, which is training it: going on, and back to it at the end")
+            passed_over.append((idx, claim, holder))
+            continue
+        with claim:
+            results[idx] = (point, _train_claimed(cfg, key, point, data, store, options, metric, started))
+        _log_current_best([r for r in results if r is not None], metric)
+    for idx, claim, holder in passed_over:
+        point = points[idx]
+        cfg = config.point(point)
+        log.info(f"=========waiting for {params_text(point)}, claimed by {holder}=======")
+        claim.acquire(wait=True)
+        with claim:
+            results[idx] = (point, _train_claimed(cfg, point_key(cfg.final_config_dict), point, data, store,
+                                                  options, metric, started))
+        _log_current_best([r for r in results if r is not None], metric)
+    return log_summary([r for r in results if r is not None], metric)
+
+
+def _train_claimed(cfg: Config, key: str, point: dict, data: Data, store: ResultsStore, options: RunOptions,
+                   metric: str, started: float) -> dict:
+    """Train a point whose claim this process holds, unless another run finished it meanwhile
+    (then its record is reused); store and return the record."""
+    log = logging.getLogger()
+    previous = store.finished(key)
+    if previous is not None and (not options.rerun or float(previous.get("finished_at") or 0) >= started):
+        log.info(f"finished by another run meanwhile ({previous['status']}); reusing its record")
+        return previous
+    folder = run_dir(options.output_dir, cfg, key)
+    write_point_config(folder, cfg)
+    record = train_point(cfg, data, folder)
+    record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
+                  seed=int(cfg["seed"]), valid_metric=metric, finished_at=time.time(),
+                  data_fingerprint=cfg[DATA_KEY])
+    store.append(record)
+    (folder / "resume.pt").unlink(missing_ok=True)
+    if record["status"] == "ok":
+        log.info(f"best valid result: {dict2str(record['valid'])}")
+        log.info(f"test result: {dict2str(record['test'])}")
+    return record
+
+
+def _log_current_best(done: list[tuple[dict, dict]], metric: str) -> None:
+    best = best_record([r for _, r in done], metric)
+    if best is not None:
+        logging.getLogger().info(f"████Current BEST████:\nParameters: {params_text(best['parameters'])},\n"
+                                 f"Valid: {dict2str(best['valid'])},\nTest: {dict2str(best['test'])}\n\n")
 
 
 def log_summary(done: list[tuple[dict, dict]], metric: str, note: str = "") -> dict | None:

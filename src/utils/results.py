@@ -1,7 +1,8 @@
 """The machine-readable results file: one JSON line per finished grid point.
 
-Lines are appended with a single write, so a crash can at worst leave a torn last line, which
-readers skip. Concurrent workers may append to the same file.
+Lines are appended with a single write, so a crash can at worst leave a torn last line; readers
+skip it with one warning naming its line number, and the next append starts on a new line, so a
+torn line never swallows the record after it. Concurrent workers may append to the same file.
 
 A point's key hashes its config, ``data_fingerprint`` included: the hash of the dataset files'
 content that ``quick_start.load_data`` puts in the config (``dataset.fingerprint``). Records made
@@ -12,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
+
+from utils.errors import ConfigError
 
 DATA_KEY = "data_fingerprint"  # the config (and record) field holding the dataset's fingerprint
 
@@ -63,6 +68,9 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)  # only left when writing failed
 
 
+_TORN_REPORTED: set[tuple[str, int, int]] = set()  # (file, line number, hash): warned once per process
+
+
 class ResultsStore:
     """Append-only JSON-lines file of grid-point results."""
 
@@ -73,15 +81,26 @@ class ResultsStore:
         if not self.path.exists():
             return []
         out = []
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
+        with open(self.path, encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
-                    continue  # a torn line from an interrupted write
+                    self._report_torn(number, line)
+                    continue
                 if isinstance(rec, dict):
                     out.append(rec)
         return out
+
+    def _report_torn(self, number: int, line: str) -> None:
+        mark = (str(self.path), number, hash(line.rstrip("\r\n")))
+        if mark not in _TORN_REPORTED:
+            _TORN_REPORTED.add(mark)
+            logging.getLogger().warning(
+                f"{self.path}: line {number} is not a complete JSON record (a write cut short by a crash, "
+                f"or a hand edit; {len(line.rstrip())} characters); it is skipped")
 
     def finished(self, key: str) -> dict | None:
         """The latest record for a point, if it finished (ok or failed)."""
@@ -95,14 +114,38 @@ class ResultsStore:
         return [r for r in self.records() if all(r.get(k) == v for k, v in match.items())]
 
     def append(self, record: dict) -> None:
+        """Add one record as one line, with one write; after a torn last line (no final newline)
+        it starts with a newline, so that the torn line stays alone and this record is kept."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(_jsonable(record)) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def prepare_output(output: Path) -> None:
+    """Create ``output/logs`` and check that files can be written there; anything else is one
+    ConfigError line (a file in the way, no permission, a read-only or impossible path)."""
+    output = Path(output)
+    blocker = output
+    while not blocker.exists() and blocker.parent != blocker:
+        blocker = blocker.parent
+    if not blocker.is_dir():
+        raise ConfigError(f"--output {output} cannot be created: {blocker} is a file, not a folder; "
+                          f"give a folder path")
+    try:
+        (output / "logs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output / "logs"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--output {output} cannot be written: {exc.strerror or exc}"
+                          f"{f' ({exc.filename})' if exc.filename else ''}; give a folder you can write to") from None
 
 
 def best_record(records: Iterable[dict], metric: str) -> dict | None:

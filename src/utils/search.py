@@ -49,9 +49,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from utils import quick_start
+from utils.claim import PointClaim
 from utils.configurator import Config
 from utils.dataset import fingerprint as data_fingerprint
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, HarnessError, Interrupted
 from utils.metrics import dict2str
 from utils.results import DATA_KEY, ResultsStore, point_key
 from utils.utils import resolve_device, threads_per_worker
@@ -444,21 +445,31 @@ class Worker:
                 raise DataError(f"the files of dataset {cfg['dataset']} changed since this search started "
                                 f"(fingerprint {cfg[DATA_KEY]}, now {self.data.fingerprint}); start it again")
         folder = quick_start.run_dir(self.output, cfg, key)
-        quick_start.write_point_config(folder, cfg)
-        pruning = self.args.prune != "none"
-        try:
-            record = quick_start.train_point(cfg, self.data, folder,
-                                             on_eval=pruning_callback(trial) if pruning else None)
-        except optuna.TrialPruned:
+        # the point's file claim too: a plain run on the same output may be training it
+        claim = PointClaim(folder)
+        if not claim.acquire():
+            self.log.info(f"point claimed by {claim.holder()} (another run on this output); waiting for it")
+            claim.acquire(wait=True)
+        with claim:
+            previous = None if self.args.rerun else self.store.finished(key)
+            if previous is not None:
+                self.log.info(f"finished by another run meanwhile ({previous['status']}); reusing its record")
+                return self.finish(trial, previous, reused=True)
+            quick_start.write_point_config(folder, cfg)
+            pruning = self.args.prune != "none"
+            try:
+                record = quick_start.train_point(cfg, self.data, folder,
+                                                 on_eval=pruning_callback(trial) if pruning else None)
+            except optuna.TrialPruned:
+                (folder / "resume.pt").unlink(missing_ok=True)
+                trial.set_user_attr("record", {"status": "pruned", "key": key, "parameters": point,
+                                               "seed": int(cfg["seed"]), "valid_metric": self.metric})
+                raise
+            record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
+                          seed=int(cfg["seed"]), valid_metric=self.metric, finished_at=time.time(),
+                          data_fingerprint=cfg[DATA_KEY])
+            self.store.append(record)
             (folder / "resume.pt").unlink(missing_ok=True)
-            trial.set_user_attr("record", {"status": "pruned", "key": key, "parameters": point,
-                                           "seed": int(cfg["seed"]), "valid_metric": self.metric})
-            raise
-        record.update(model=cfg["model"], dataset=cfg["dataset"], key=key, parameters=point,
-                      seed=int(cfg["seed"]), valid_metric=self.metric, finished_at=time.time(),
-                      data_fingerprint=cfg[DATA_KEY])
-        self.store.append(record)
-        (folder / "resume.pt").unlink(missing_ok=True)
         if record["status"] == "ok":
             self.log.info(f"best valid result: {dict2str(record['valid'])}")
             self.log.info(f"test result: {dict2str(record['test'])}")
@@ -529,12 +540,17 @@ def summarize(config: Config, study: optuna.Study) -> dict | None:
 def _worker_process(config: Config, args: argparse.Namespace, output: Path, device: str, index: int,
                     threads: int | None = None) -> None:
     """Entry point of one spawned worker: its own log file, device and thread count, then the search."""
+    import signal
     import sys
 
     import torch
-    from utils.logger import init_logger
+    from utils.logger import init_logger, to_log_file
     from utils.utils import resolve_device
 
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # like Ctrl-C: the running trial is failed and retried later
     if threads:
         torch.set_num_threads(threads)
 
@@ -542,7 +558,18 @@ def _worker_process(config: Config, args: argparse.Namespace, output: Path, devi
     init_logger(output / "logs" / f"{config['model']}-{config['dataset']}-{stamp}-w{index}-{os.getpid()}.log",
                 args.quiet)
     config["device"] = resolve_device(device, config["use_gpu"])
-    sys.exit(run_search(config, args, output))
+    try:
+        code = run_search(config, args, output)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        line = f"worker {index} {'interrupted' if isinstance(exc, KeyboardInterrupt) else f'terminated ({exc})'}"
+        print(line, file=sys.stderr, flush=True)
+        to_log_file(line)
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 143
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        to_log_file(f"error: {exc}")
+        code = 2
+    sys.exit(code)
 
 
 def spawn_workers(config: Config, args: argparse.Namespace, output: Path, devices: list[str]) -> list[int]:
@@ -566,6 +593,12 @@ def spawn_workers(config: Config, args: argparse.Namespace, output: Path, device
     except KeyboardInterrupt:
         for proc in procs:
             proc.join(timeout=30)  # they got the same SIGINT; their trials stay RUNNING and are retried
+        raise
+    except Interrupted:
+        for proc in procs:
+            proc.terminate()  # SIGTERM reached this process only: pass it on
+        for proc in procs:
+            proc.join(timeout=30)
         raise
     return [int(p.exitcode or 0) for p in procs]
 

@@ -60,7 +60,8 @@ class PrepareResult:
 def _check_targets(opts: PrepareOptions) -> Path:
     """Validate the name and refuse to overwrite an existing dataset yaml without --force."""
     if not _NAME_RE.match(opts.name):
-        raise DataError(f"dataset name {opts.name!r} must be letters, digits, '_', '-' or '.'")
+        raise DataError(f"dataset name {opts.name!r} must start with a letter or digit and hold only "
+                        f"letters, digits, '_', '-' or '.'")
     if opts.k < 1:
         raise DataError(f"--k must be at least 1, got {opts.k}")
     yaml_path = opts.config_dir / f"{opts.name}.yaml"
@@ -88,11 +89,9 @@ def _filter(table: InteractionTable, opts: PrepareOptions, stats: dict[str, obje
     return rows
 
 
-def _write_interactions(rows: list, maps: IdMaps, opts: PrepareOptions, folder: Path, stats: dict) -> list[Path]:
-    """Write id maps and the labelled .inter file; fill the count statistics."""
+def _split_and_count(rows: list, maps: IdMaps, opts: PrepareOptions, stats: dict) -> list:
+    """The labelled interactions (in memory); fills the count statistics, first in the card."""
     labelled = split_interactions(remap(rows, maps), opts.split, opts.seed)
-    inter_path = folder / f"{opts.name}.inter"
-    write_inter(labelled, inter_path)
     labels = [label for _, label in labelled]
     n_users, n_items, n = len(maps.users), len(maps.items), len(labelled)
     counts = {
@@ -110,7 +109,27 @@ def _write_interactions(rows: list, maps: IdMaps, opts: PrepareOptions, folder: 
     stats.clear()
     stats.update(counts)
     stats.update(rest)
+    return labelled
+
+
+def _write_interactions(labelled: list, maps: IdMaps, opts: PrepareOptions, folder: Path) -> list[Path]:
+    """Write the labelled .inter file and the id maps."""
+    inter_path = folder / f"{opts.name}.inter"
+    write_inter(labelled, inter_path)
     return [inter_path, *write_id_maps(maps, folder)]
+
+
+def _load_encoders(text: feat.TextEncoder | None, image: feat.ImageEncoder | None, need_image: bool,
+                   opts: PrepareOptions) -> tuple[feat.TextEncoder, feat.ImageEncoder | None]:
+    """Load the feature encoders first: a missing extra (sentence-transformers, the CNN) stops
+    the tool before it reads the big files or writes anything."""
+    if text is None:
+        opts.log("loading the text encoder (all-MiniLM-L6-v2)")
+        text = feat.load_text_encoder()
+    if need_image and image is None:
+        opts.log("loading the image encoder (EfficientNet-Lite0)")
+        image = feat.load_image_encoder()
+    return text, image
 
 
 def _count_missing(items: list, found: dict, bad_lines: int, what: str, line_kind: str, stats: dict,
@@ -124,10 +143,7 @@ def _count_missing(items: list, found: dict, bad_lines: int, what: str, line_kin
         opts.log(f"warning: {missing} of {len(items)} items have no {what} (empty text)")
 
 
-def _encode_text(sentences: list[str], encoder: feat.TextEncoder | None, opts: PrepareOptions) -> tuple[np.ndarray, str]:
-    if encoder is None:
-        opts.log("loading the text encoder (all-MiniLM-L6-v2)")
-        encoder = feat.load_text_encoder()
+def _encode_text(sentences: list[str], encoder: feat.TextEncoder, opts: PrepareOptions) -> tuple[np.ndarray, str]:
     opts.log(f"encoding {len(sentences)} item texts with {encoder.name}")
     out = np.asarray(encoder.encode(sentences), dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(sentences):
@@ -174,12 +190,14 @@ def prepare_amazon(
     images: Path | None = None,
     text_encoder: feat.TextEncoder | None = None,
 ) -> PrepareResult:
-    """Amazon 2014 raw files -> data/<name>/ + configs/dataset/<name>.yaml."""
+    """Amazon 2014 raw files -> data/<name>/ + configs/dataset/<name>.yaml. Everything is read,
+    checked and encoded in memory first: an error leaves no file behind."""
     yaml_path = _check_targets(opts)
     if (reviews is None) == (ratings is None):
         raise DataError("give exactly one of --reviews or --ratings")
     for path in (p for p in (reviews, ratings, meta, images) if p is not None):
         check_readable(path)
+    text_encoder, _ = _load_encoders(text_encoder, None, False, opts)
     stats: dict[str, object] = {}
     if reviews is not None:
         opts.log(f"reading reviews {reviews}")
@@ -189,9 +207,7 @@ def prepare_amazon(
         table = read_ratings_csv(ratings, opts.skip_bad_lines)
     rows = _filter(table, opts, stats)
     maps = build_id_maps(rows)
-    folder = opts.out_root / opts.name
-    folder.mkdir(parents=True, exist_ok=True)
-    files = _write_interactions(rows, maps, opts, folder, stats)
+    labelled = _split_and_count(rows, maps, opts, stats)
 
     opts.log(f"reading meta {meta}")
     meta_map, bad_meta = read_meta(meta, set(maps.items), opts.skip_bad_lines)
@@ -199,8 +215,8 @@ def prepare_amazon(
     _count_missing(asins, meta_map, bad_meta, "metadata", "meta", stats, opts)
     text, text_desc = _encode_text([feat.build_sentence(meta_map.get(a)) for a in asins], text_encoder, opts)
     stats["text features"] = text_desc
-    files.append(_save_npy(text, folder / TEXT_FILE))
 
+    vis = None
     if images is not None:
         opts.log(f"streaming image features {images}")
         vis, found, n_records = read_image_features(images, maps.items, IMAGE_FEATURE_DIM)
@@ -209,10 +225,21 @@ def prepare_amazon(
         stats["items without image (mean-filled)"] = missing
         stats["image features"] = f"McAuley CNN, {IMAGE_FEATURE_DIM}-d ({n_records} records in file)"
         opts.log(f"{missing} of {len(asins)} items have no image record; they get the mean vector")
-        files.append(_save_npy(vis, folder / IMAGE_FILE))
     else:
         stats["image features"] = "none (no --images given)"
-    return _finish(opts, folder, yaml_path, files, stats, images is not None)
+    return _write_all(opts, yaml_path, labelled, maps, text, vis, stats)
+
+
+def _write_all(opts: PrepareOptions, yaml_path: Path, labelled: list, maps: IdMaps, text: np.ndarray,
+               vis: np.ndarray | None, stats: dict) -> PrepareResult:
+    """Write the dataset folder, the yaml and the card, once everything is computed."""
+    folder = opts.out_root / opts.name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = _write_interactions(labelled, maps, opts, folder)
+    files.append(_save_npy(text, folder / TEXT_FILE))
+    if vis is not None:
+        files.append(_save_npy(vis, folder / IMAGE_FILE))
+    return _finish(opts, folder, yaml_path, files, stats, vis is not None)
 
 
 def prepare_generic(
@@ -223,21 +250,21 @@ def prepare_generic(
     text_encoder: feat.TextEncoder | None = None,
     image_encoder: feat.ImageEncoder | None = None,
 ) -> PrepareResult:
-    """Generic CSVs (+ optional image folder) -> data/<name>/ + configs/dataset/<name>.yaml."""
+    """Generic CSVs (+ optional image folder) -> data/<name>/ + configs/dataset/<name>.yaml.
+    Everything is read, checked and encoded in memory first: an error leaves no file behind."""
     yaml_path = _check_targets(opts)
     check_readable(interactions)
     check_readable(item_text)
     if images_dir is not None and not images_dir.is_dir():
         raise DataError(f"image folder not found: {images_dir}")
+    text_encoder, image_encoder = _load_encoders(text_encoder, image_encoder, images_dir is not None, opts)
     table = read_interactions_csv(interactions, opts.skip_bad_lines)
     if opts.split == "temporal" and not table.has_timestamp:
         raise DataError(f"--split temporal needs a timestamp column in {interactions}")
     stats: dict[str, object] = {}
     rows = _filter(table, opts, stats)
     maps = build_id_maps(rows)
-    folder = opts.out_root / opts.name
-    folder.mkdir(parents=True, exist_ok=True)
-    files = _write_interactions(rows, maps, opts, folder, stats)
+    labelled = _split_and_count(rows, maps, opts, stats)
     if not table.has_rating:
         stats["rating"] = "no rating column: written as 1.0"
     if not table.has_timestamp:
@@ -248,15 +275,12 @@ def prepare_generic(
     _count_missing(items, texts, bad, "text", "item-text", stats, opts)
     text, text_desc = _encode_text([texts.get(i, "") for i in items], text_encoder, opts)
     stats["text features"] = text_desc
-    files.append(_save_npy(text, folder / TEXT_FILE))
 
+    vis = None
     if images_dir is not None:
         paths = feat.find_item_images(images_dir, items)
         if not paths:
             raise DataError(f"no image in {images_dir} is named after an item id (file stem = item id)")
-        if image_encoder is None:
-            opts.log("loading the image encoder (EfficientNet-Lite0)")
-            image_encoder = feat.load_image_encoder()
         have = [i for i in items if i in paths]
         opts.log(f"encoding {len(have)} images with {image_encoder.name}")
         enc = np.asarray(image_encoder.encode([paths[i] for i in have]), dtype=np.float32)
@@ -269,7 +293,6 @@ def prepare_generic(
         vis = feat.fill_missing_with_mean(vis, found, "an image")
         stats["items without image (mean-filled)"] = len(items) - len(have)
         stats["image features"] = f"{image_encoder.name}, {enc.shape[1]}-d"
-        files.append(_save_npy(vis, folder / IMAGE_FILE))
     else:
         stats["image features"] = "none (no --images-dir given)"
-    return _finish(opts, folder, yaml_path, files, stats, images_dir is not None)
+    return _write_all(opts, yaml_path, labelled, maps, text, vis, stats)
