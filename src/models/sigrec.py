@@ -236,15 +236,20 @@ class FrozenGraph:
         self.shape = mat.shape
         self.a = to_sparse_tensor(mat, device)
         self.a_t = to_sparse_tensor(mat.T.tocsr(), device)
+        self.rows_only: bool | None = None  # decided on the first call of rows(), then kept
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return _SpMM.apply(self.a, self.a_t, x) if x.requires_grad else torch.sparse.mm(self.a, x)
 
     def rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only; when they hold
-        most of the nonzeros (small graphs), the full product is cheaper than slicing."""
-        crow = self.a.crow_indices()
-        if (crow[rows + 1] - crow[rows]).sum() > ROWS_MAX_SHARE * self.a.values().numel():
+        most of the nonzeros (small graphs), the full product is cheaper than slicing. Both paths
+        give the same values; which one pays is decided once per graph, on the first batch (one
+        host sync then, none per step after)."""
+        if self.rows_only is None:
+            crow = self.a.crow_indices()
+            self.rows_only = bool((crow[rows + 1] - crow[rows]).sum() <= ROWS_MAX_SHARE * self.a.values().numel())
+        if not self.rows_only:
             return (self @ x)[rows]
         return _RowsSpMM.apply(self.a, self.a_t, rows, x) if x.requires_grad else \
             torch.sparse.mm(csr_rows(self.a, rows), x)
