@@ -47,8 +47,8 @@ from torch import nn
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
 from utils.errors import ConfigError, ModelInputError
-from utils.graph import (cached_co_interaction, cached_knn, graph_cache_dir, normalized_adjacency,
-                         normalized_interactions, propagate_mean, spmm, sym_normalize, to_torch_csr,
+from utils.graph import (behaviour_graphs, cached_co_interaction, cached_knn, graph_cache_dir,
+                         propagate_mean, spmm, sym_normalize, to_torch_csr,
                          transpose_csr)
 
 MODALITIES = ("v", "t")
@@ -89,10 +89,7 @@ class MSCA(GeneralRecommender):
 
         # frozen graphs: Â, R~, the structural graph (training split) and one kNN graph per modality
         inter = dataloader.inter_matrix(form="csr")
-        self.norm_adj = normalized_adjacency(inter, self.device)
-        r_block = normalized_interactions(inter)
-        self.r_adj = to_torch_csr(r_block, self.device)
-        self.r_adj_t = to_torch_csr(r_block.T, self.device)
+        self.norm_adj, self.r_adj, self.r_adj_t = behaviour_graphs(inter, self.device)
         graphs = {"s": sym_normalize(cached_co_interaction(inter, self.knn_k, self.co_min_count,
                                                            self_loop=True, weighting="binary",
                                                            cache=graph_cache_dir(config),

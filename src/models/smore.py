@@ -41,7 +41,7 @@ from torch import nn
 from common.abstract_recommender import GeneralRecommender
 from common.contrastive import info_nce_indexed
 from utils.errors import ModelInputError
-from utils.graph import (cached_knn, graph_cache_dir, lightgcn, normalized_adjacency, normalized_interactions, spmm,
+from utils.graph import (behaviour_graphs, cached_knn, graph_cache_dir, lightgcn, spmm,
                          sym_normalize, to_torch_csr, transpose_csr, union_max)
 
 MODALITIES = ("v", "t")
@@ -80,10 +80,7 @@ class SMORE(GeneralRecommender):
 
         # frozen graphs: behaviour Â, its user-item block R~, kNN per modality and their max-union
         inter = dataloader.inter_matrix(form="csr")
-        self.norm_adj = normalized_adjacency(inter, self.device)
-        r_block = normalized_interactions(inter)
-        self.r_adj = to_torch_csr(r_block, self.device)
-        self.r_adj_t = to_torch_csr(r_block.T, self.device)
+        self.norm_adj, self.r_adj, self.r_adj_t = behaviour_graphs(inter, self.device)
         graphs = {m: sym_normalize(cached_knn(feats[m], self.knn_k[m], "cosine", graph_cache_dir(config),
                                               what=f"{'image' if m == 'v' else 'text'} kNN item graph")) for m in MODALITIES}
         graphs["f"] = union_max(graphs["v"], graphs["t"])

@@ -402,6 +402,13 @@ def normalized_interactions(inter: sp.spmatrix) -> sp.csr_matrix:
     return sp.csr_matrix(sym_normalize(bipartite_adjacency(inter))[:n_users, n_users:])
 
 
+def behaviour_graphs(inter: sp.spmatrix, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frozen behaviour graphs of the models that propagate over Â and aggregate items into
+    users with R~: (Â, R~, R~ᵀ) as torch CSR on ``device``."""
+    r_block = normalized_interactions(inter)
+    return normalized_adjacency(inter, device), to_torch_csr(r_block, device), to_torch_csr(r_block.T, device)
+
+
 def propagate_mean(adj: torch.Tensor, emb: torch.Tensor, n_layers: int, skip_ego: bool = False,
                    symmetric: bool = False) -> torch.Tensor:
     """The mean of Â^l emb over l = 0..L (``lightgcn``), or over l = 1..L with ``skip_ego``
