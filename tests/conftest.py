@@ -45,3 +45,24 @@ def make_data(cfg):
 def ml100k_data():
     """The embedded dataset, loaded once per test session (with both feature files)."""
     return make_data(make_config("LightGCN", is_multimodal_model=True))
+
+
+@pytest.fixture(scope="session")
+def text_only_data():
+    """ml100k with the text features only (as on the Amazon sets that lack images)."""
+    return make_data(make_config("FREEDOM", vision_feature_file=""))
+
+
+def build_model(name: str, data, point: dict, seed: int = 999):
+    """A seeded model at ``point`` (overrides of its grid's first point) and its config."""
+    from utils.utils import get_model, init_seed
+
+    cfg = make_config(name, **point)
+    init_seed(seed)
+    return get_model(name)(cfg, data.train), cfg
+
+
+def first_batch(data, size: int = 512):
+    """The first ``size`` triples of the training loader at seed 999."""
+    data.train.pretrain_setup(999)
+    return next(iter(data.train))[:, :size]

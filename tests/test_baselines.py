@@ -13,10 +13,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import ROOT, make_config, make_data
+from conftest import ROOT, build_model, first_batch
 from utils.errors import ConfigError, ModelInputError
 from utils.graph import knn_graph, sym_normalize
-from utils.utils import get_model, init_seed
+from utils.utils import init_seed
 
 MODELS = {
     "FREEDOM": {"dropout": 0.8, "reg_weight": 1e-3},
@@ -26,21 +26,8 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def text_only_data():
-    """ml100k with the text features only (as on the Amazon sets that lack images)."""
-    return make_data(make_config("FREEDOM", vision_feature_file=""))
-
-
 def build(name: str, data, seed: int = 999, **over):
-    cfg = make_config(name, **{**MODELS[name], **over})
-    init_seed(seed)
-    return get_model(name)(cfg, data.train), cfg
-
-
-def first_batch(data, size: int = 512) -> torch.Tensor:
-    data.train.pretrain_setup(999)
-    return next(iter(data.train))[:, :size]
+    return build_model(name, data, {**MODELS[name], **over}, seed)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

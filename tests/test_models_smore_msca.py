@@ -13,12 +13,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from conftest import ROOT, make_config, make_data
+from conftest import ROOT, build_model, first_batch
 from common.contrastive import info_nce_indexed
-from utils.errors import ConfigError, ModelInputError
+from utils.errors import ModelInputError
 from utils.graph import (cached_co_interaction, co_interaction_graph, knn_graph, propagate_mean,
                          sym_normalize, union_max)
-from utils.utils import get_model, init_seed
 
 # one grid point each (the yaml grids have 128 and 500)
 POINTS = {
@@ -28,21 +27,8 @@ POINTS = {
 MODELS = list(POINTS)
 
 
-@pytest.fixture(scope="module")
-def text_only_data():
-    """ml100k with the text features only."""
-    return make_data(make_config("FREEDOM", vision_feature_file=""))
-
-
 def build(name: str, data, seed: int = 999, **over):
-    cfg = make_config(name, **{**POINTS[name], **over})
-    init_seed(seed)
-    return get_model(name)(cfg, data.train), cfg
-
-
-def first_batch(data, size: int = 512) -> torch.Tensor:
-    data.train.pretrain_setup(999)
-    return next(iter(data.train))[:, :size]
+    return build_model(name, data, {**POINTS[name], **over}, seed)
 
 
 def train_matrix(dataset) -> sp.csr_matrix:
