@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=str(REPO / "outputs"), help="output folder (default: <repo>/outputs)")
     p.add_argument("--rerun", action="store_true", help="train grid points again even if already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: OMP_NUM_THREADS, else torch's; with --workers: per worker, "
+                        "default cores // workers on the CPU)")
     p.add_argument("--config_dir", metavar="DIR", default=None,
                    help="a folder of extra config files, DIR/<dataset>.yaml or DIR/dataset/<dataset>.yaml and "
                         "DIR/model/<Model>.yaml, used before the built-in ones (e.g. prepare.py --config-dir DIR)")
@@ -146,6 +149,11 @@ def run(argv: list[str] | None = None) -> int:
     from utils.results import prepare_output
     from utils.utils import resolve_device
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"threads = {args.threads} (command line, --threads): must be a whole number >= 1")
+        import torch
+        torch.set_num_threads(args.threads)  # records note the count (results differ by it)
     if args.evaluate:
         from utils.checkpoint import evaluate_checkpoint
         init_logger(None, args.quiet)

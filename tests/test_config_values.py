@@ -35,6 +35,7 @@ BAD_VALUES = [
     ("FREEDOM", ["--dropout", "1.0"], "dropout = 1.0"),
     ("FREEDOM", ["--knn_k", "ten"], "knn_k = 'ten'"),
     ("LightGCN,BPR", ["--seeds", "1,2", "--epochs", "0"], "epochs = 0"),   # a comparison, too
+    ("LightGCN", ["--threads", "0"], "threads = 0"),
 ]
 
 
