@@ -60,6 +60,30 @@ def test_scores_shape_and_twice_identical(name, ml100k_data) -> None:
     assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize("name", ["FREEDOM", "VBPR"])
+def test_mode_switch_drops_the_scoring_cache(name, ml100k_data) -> None:
+    # AbstractRecommender.train clears _cache; a stale one would score with old weights
+    model, _ = build(name, ml100k_data)
+    model.eval()
+    with torch.no_grad():
+        model.full_sort_predict((torch.arange(5),))
+    assert model._cache is not None
+    model.train()
+    assert model._cache is None
+    with torch.no_grad():
+        model.full_sort_predict((torch.arange(5),))
+    model.eval()                            # eval() is train(False): it drops the cache too
+    assert model._cache is None
+
+
+def test_mode_switch_without_a_cache_adds_none(ml100k_data) -> None:
+    model, _ = build_model("BPR", ml100k_data, {})
+    assert not hasattr(model, "_cache")
+    assert model.train() is model and model.training
+    assert model.eval() is model and not model.training
+    assert not hasattr(model, "_cache")
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_same_seed_same_loss(name, ml100k_data) -> None:
     batch = first_batch(ml100k_data)

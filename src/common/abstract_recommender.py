@@ -29,6 +29,13 @@ class AbstractRecommender(nn.Module):
     choices: dict = {}
     ranges: dict = {}
 
+    def train(self, mode: bool = True) -> "AbstractRecommender":
+        """[harness] Switch mode; drops ``_cache`` (scoring representations) when the model has one,
+        so ``train()``/``eval()`` make the next ``full_sort_predict`` recompute it."""
+        if hasattr(self, "_cache"):
+            self._cache = None
+        return super().train(mode)
+
     def pre_epoch_processing(self) -> None:
         """Run before every training epoch (e.g. FREEDOM's edge pruning)."""
 

@@ -82,10 +82,6 @@ class BM3(GeneralRecommender):
                                    [self.n_users, self.n_items])
         return users, items + self.item_id_embedding.weight
 
-    def train(self, mode: bool = True):
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     def _target(self, rows: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         """Dropout_p of the detached distinct rows, repeated back to the batch (always dropped:
         this is the loss's augmentation, as MMRec's F.dropout in calculate_loss)."""

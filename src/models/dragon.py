@@ -159,10 +159,6 @@ class DRAGON(GeneralRecommender):
         adj, adj_t = self.user_adj()
         return users + spmm(adj, users, adj_t), items + h
 
-    def train(self, mode: bool = True):
-        self._cache = None  # scoring representations are recomputed once per evaluation
-        return super().train(mode)
-
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         u_all, i_all = self.forward()

@@ -106,10 +106,6 @@ class FREEDOM(GeneralRecommender):
         u_g, i_g = torch.split(lightgcn(adj, ego, self.n_ui_layers, symmetric=True), [self.n_users, self.n_items])
         return u_g, i_g + h
 
-    def train(self, mode: bool = True):
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     # --- loss and scoring --------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         if self.masked_adj is None:

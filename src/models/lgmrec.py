@@ -115,10 +115,6 @@ class LGMRec(GeneralRecommender):
         users, items = torch.split(final, [self.n_users, self.n_items])
         return users, items, hyper_out
 
-    def train(self, mode: bool = True):
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         u_all, i_all, hyper = self.forward()

@@ -32,10 +32,6 @@ class LightGCN(GeneralRecommender):
         out = lightgcn(self.adj, ego, self.n_layers, symmetric=True)
         return torch.split(out, [self.n_users, self.n_items])
 
-    def train(self, mode: bool = True):
-        self._cache = None  # embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         idx = torch.cat([users, pos + self.n_users, neg + self.n_users])

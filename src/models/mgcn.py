@@ -102,10 +102,6 @@ class MGCN(GeneralRecommender):
         users, items = torch.split(final, [self.n_users, self.n_items])
         return users, items, side, content
 
-    def train(self, mode: bool = True):
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         u_all, i_all, side, content = self.forward()

@@ -128,10 +128,6 @@ class MSCA(GeneralRecommender):
         users, items = torch.split(collab + self.fusion_coeff * fused, [self.n_users, self.n_items])
         return users, items, collab, struct, modal[0], modal[1]
 
-    def train(self, mode: bool = True) -> "MSCA":
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     # --- loss ----------------------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         """L = BPR + cl_weight (L^C + L^M) + reg_weight L_reg (baselines-next.md §2, "Loss")."""

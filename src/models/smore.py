@@ -131,10 +131,6 @@ class SMORE(GeneralRecommender):
         users, items = torch.split(content + side, [self.n_users, self.n_items])
         return users, items, side, content
 
-    def train(self, mode: bool = True) -> "SMORE":
-        self._cache = None  # scoring embeddings are recomputed once per evaluation
-        return super().train(mode)
-
     # --- loss ----------------------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         """L = BPR + reg_weight * L_reg + cl_loss * L_cl (baselines-next.md §1, "Loss")."""

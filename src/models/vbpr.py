@@ -100,10 +100,6 @@ class VBPR(GeneralRecommender):
             return torch.cat([self.i_embedding.weight, self.item_linear(self.item_raw_features)], dim=1)
         return torch.cat([self.i_embedding(items), self.item_linear(self.item_raw_features[items])], dim=1)
 
-    def train(self, mode: bool = True):
-        self._cache = None  # item vectors are recomputed once per evaluation
-        return super().train(mode)
-
     def calculate_loss(self, interaction: torch.Tensor) -> torch.Tensor:
         u = self.u_embedding(interaction[0])
         # project each distinct batch item once (cheaper than per row or all items)
