@@ -33,7 +33,7 @@ def run_part(args: argparse.Namespace) -> dict:
     import scipy.sparse as sp
     import torch
 
-    from models.sigrec import cooccurrence_graph, knn_graph
+    from models.sigrec import co_interaction_graph, knn_graph
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def run_part(args: argparse.Namespace) -> dict:
         feat = rng.standard_normal((args.items, args.dim), dtype=np.float32)
         base = peak_rss_mb()
         t0 = time.perf_counter()
-        graph = knn_graph(feat, args.k, "cosine", block=args.block)
+        graph = knn_graph(feat, args.k, "cosine", block_size=args.block)
     else:
         users = rng.integers(0, args.users, size=args.inters)
         items = rng.integers(0, args.items, size=args.inters)
@@ -50,7 +50,7 @@ def run_part(args: argparse.Namespace) -> dict:
         inter.data[:] = 1.0
         base = peak_rss_mb()
         t0 = time.perf_counter()
-        graph = cooccurrence_graph(inter, args.k, "count", block=args.block)
+        graph = co_interaction_graph(inter, args.k, weighting="count", block_size=args.block)
     seconds = time.perf_counter() - t0
     return {"part": args.part, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_before_build_mb": round(base, 1), "nnz": int(graph.nnz),

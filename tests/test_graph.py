@@ -277,3 +277,164 @@ def test_info_nce_indexed_equals_info_nce_with_duplicates(negatives: str) -> Non
         g_got = torch.autograd.grad(got, (a_all, b_all))
         for x, y in zip(g_ref, g_got):
             assert torch.allclose(x, y, atol=1e-5)
+
+
+# --- models/sigrec.py's twins of these kernels --------------------------------------------------
+def _twin_features(seed: int) -> np.ndarray:
+    """Random features with what breaks a careless kNN: duplicate rows (ties at the top), an
+    all-zero row, and rows whose k-th neighbour has a negative cosine."""
+    rng = np.random.default_rng(seed)
+    feat = rng.standard_normal((37, 6)).astype(np.float32)
+    feat[5] = feat[4] = feat[3]
+    feat[9] = 0.0
+    return feat
+
+
+def _twin_inter(seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    inter = sp.random(29, 23, density=0.25, random_state=rng, format="csr", dtype=np.float32)
+    inter.data[:] = 1.0
+    return inter
+
+
+def _same_csr(a: sp.spmatrix, b: sp.spmatrix) -> None:
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+def _same_torch_csr(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    for part in ("crow_indices", "col_indices", "values"):
+        x, y = getattr(a, part)(), getattr(b, part)()
+        assert x.dtype == y.dtype and torch.equal(x, y), part
+
+
+def _check_knn(ours, theirs, seed: int) -> None:
+    feat = _twin_features(seed)
+    for k in (1, 4, 30):
+        for weighting in ("binary", "cosine"):
+            for block_size in (5, 2048):
+                _same_csr(ours(feat, k, weighting, block_size=block_size),
+                          theirs(feat, k, weighting, block_size=block_size))
+                _same_csr(ours(torch.from_numpy(feat), k, weighting), theirs(torch.from_numpy(feat), k, weighting))
+
+
+def _check_co_interaction(ours, theirs, seed: int) -> None:
+    inter = _twin_inter(seed)
+    for k in (1, 3, 50):
+        for min_count in (1, 2):
+            for self_loop in (False, True):
+                for weighting in ("count", "binary"):
+                    _same_csr(ours(inter, k, min_count, self_loop, weighting, block_size=4),
+                              theirs(inter, k, min_count, self_loop, weighting, block_size=4))
+
+
+def _check_top_k_per_row(ours, theirs, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(0, 8, 60), rng.integers(0, 8, 60)
+    vals = rng.integers(0, 4, 60).astype(np.float32)  # many ties
+    for k in (1, 2, 10):
+        np.testing.assert_array_equal(ours(rows, cols, vals, k), theirs(rows, cols, vals, k))
+
+
+def _check_matrix_fn(ours, theirs, seed: int) -> None:
+    """sym_normalize on a square weighted matrix, bipartite_adjacency on a rectangular one; both
+    with a zero row."""
+    rng = np.random.default_rng(seed)
+    inter = _twin_inter(seed)
+    weights = rng.random(inter.shape[0]).astype(np.float32)
+    weights[3] = 0.0  # a zero row
+    mat = sp.diags(weights) @ inter
+    if ours.__name__ == "sym_normalize":
+        mat = sp.csr_matrix(mat @ mat.T)
+    _same_csr(ours(mat), theirs(mat))
+
+
+def _check_to_torch_csr(ours, theirs, seed: int) -> None:
+    _same_torch_csr(ours(_twin_inter(seed)), theirs(_twin_inter(seed)))
+
+
+def _check_spmm(ours, theirs, seed: int) -> None:
+    mat = _twin_inter(seed)
+    adj, adj_t = to_torch_csr(mat), to_torch_csr(mat.T.tocsr())
+    torch.manual_seed(seed)
+    x, w = torch.randn(23, 5), torch.randn(29, 5)
+    results = []
+    for fn in (ours, theirs):
+        leaf = x.clone().requires_grad_(True)
+        out = fn(adj, leaf, adj_t)
+        (out * w).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert torch.equal(ours(adj, x, adj_t), theirs(adj, x, adj_t))  # the no-grad path
+
+
+def _check_csr_slice(ours, theirs, seed: int) -> None:
+    adj = to_torch_csr(_twin_inter(seed))
+    picks = torch.tensor([0, 3, 4, 11, 22])
+    _same_torch_csr(ours(adj, picks), theirs(adj, picks))
+    _same_torch_csr(ours(adj, picks[:0]), theirs(adj, picks[:0]))
+
+
+def _check_info_nce(ours, theirs, seed: int) -> None:
+    """The fused kernel against the autograd one: the same value and gradients (float tolerance)."""
+    torch.manual_seed(seed)
+    a0, b0 = torch.randn(17, 8), torch.randn(17, 8)
+    for tau in (0.1, 0.5):
+        got, ref = [], []
+        for fn, out in ((ours, got), (theirs, ref)):
+            a, b = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+            loss = fn(a, b, tau)
+            loss.backward()
+            out.extend([loss.detach(), a.grad, b.grad])
+        for x, y in zip(got, ref):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+TWIN_CHECKS = {"knn_graph": _check_knn, "co_interaction_graph": _check_co_interaction,
+               "_top_k_per_row": _check_top_k_per_row, "sym_normalize": _check_matrix_fn,
+               "bipartite_adjacency": _check_matrix_fn, "to_torch_csr": _check_to_torch_csr,
+               "spmm": _check_spmm, "_SpMM": None, "csr_rows": _check_csr_slice,
+               "csr_columns": _check_csr_slice, "info_nce": _check_info_nce}
+
+
+def _shared_names() -> set[str]:
+    """Functions and classes that models/sigrec.py defines under a name that utils/graph.py or
+    common/contrastive.py also defines: each one is a twin and must be checked below."""
+    import inspect
+
+    import common.contrastive as contrastive
+    import models.sigrec as sigrec
+
+    def own(module) -> set[str]:
+        return {n for n, v in vars(module).items()
+                if (inspect.isfunction(v) or inspect.isclass(v)) and v.__module__ == module.__name__}
+    return own(sigrec) & (own(graph) | own(contrastive))
+
+
+def test_every_sigrec_twin_is_checked() -> None:
+    """A new kernel in sigrec.py that shares a name with the harness's must join TWIN_CHECKS."""
+    assert _shared_names() == set(TWIN_CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, check in TWIN_CHECKS.items() if check is not None))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigrec_twin_kernels(name: str, seed: int) -> None:
+    """sigrec.py keeps its own copy of each kernel (it imports only common.*, to run inside MMRec):
+    same name, same signature, same results as the harness's, on random input."""
+    import inspect
+
+    import common.contrastive as contrastive
+    import models.sigrec as sigrec
+
+    ours = getattr(sigrec, name)
+    theirs = getattr(graph, name, None) or getattr(contrastive, name)
+    if name == "info_nce":  # the fused twin takes the shared leading arguments (no pos_index/reduction)
+        shared = list(inspect.signature(ours).parameters)
+        assert shared == list(inspect.signature(theirs).parameters)[:len(shared)]
+    else:
+        assert inspect.signature(ours) == inspect.signature(theirs)
+    TWIN_CHECKS[name](ours, theirs, seed)

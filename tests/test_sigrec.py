@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from conftest import make_config, make_data
-from models.sigrec import (SIGREC, anchor_info_nce, cooccurrence_graph, graph_cache_key, info_nce,
+from models.sigrec import (SIGREC, anchor_info_nce, co_interaction_graph, graph_cache_key, info_nce,
                            knn_graph, perturb)
 
 
@@ -33,7 +33,7 @@ def test_blocked_knn_equals_dense_topk(block: int) -> None:
     rng = np.random.default_rng(0)
     feat = rng.standard_normal((23, 6)).astype(np.float32) + 0.5
     k = 4
-    got = knn_graph(feat, k, "cosine", block=block)
+    got = knn_graph(feat, k, "cosine", block_size=block)
     ref = dense_knn(feat, k)
     for i in range(feat.shape[0]):
         row = got[i]
@@ -42,7 +42,7 @@ def test_blocked_knn_equals_dense_topk(block: int) -> None:
         assert set(cols) == set(nonzero_ref), f"row {i}"
         for j, v in nonzero_ref.items():
             assert cols[j] == pytest.approx(v, abs=1e-5)
-    binary = knn_graph(feat, k, "binary", block=block)
+    binary = knn_graph(feat, k, "binary", block_size=block)
     assert np.all(binary.data == 1.0)
     for i in range(feat.shape[0]):
         assert set(binary[i].indices.tolist()) == set(ref[i])
@@ -51,11 +51,11 @@ def test_blocked_knn_equals_dense_topk(block: int) -> None:
 def test_rows_have_at_most_k_entries() -> None:
     rng = np.random.default_rng(1)
     feat = rng.standard_normal((40, 5)).astype(np.float32)
-    g = knn_graph(feat, 6, "cosine", block=9)
+    g = knn_graph(feat, 6, "cosine", block_size=9)
     assert np.diff(g.indptr).max() <= 6
     assert all(i in g[i].indices for i in range(40))  # the item itself is always a neighbour
     inter = sp.random(30, 40, density=0.3, random_state=2, format="csr")
-    c = cooccurrence_graph(inter, 5, "count", block=7)
+    c = co_interaction_graph(inter, 5, weighting="count", block_size=7)
     assert np.diff(c.indptr).max() <= 5
     assert c.diagonal().sum() == 0
 
@@ -66,14 +66,14 @@ def test_cooccurrence_equals_dense_counts() -> None:
     dense = (inter.T @ inter).toarray()
     np.fill_diagonal(dense, 0)
     k = 3
-    got = cooccurrence_graph(inter, k, "count", block=5).toarray()
+    got = co_interaction_graph(inter, k, weighting="count", block_size=5).toarray()
     for i in range(dense.shape[0]):
         # ties broken by the smaller column, as the builder does
         order = sorted(np.flatnonzero(dense[i]), key=lambda j: (-dense[i, j], j))[:k]
         expect = np.zeros(dense.shape[1])
         expect[order] = dense[i, order]
         np.testing.assert_array_equal(got[i], expect)
-    assert np.all(cooccurrence_graph(inter, k, "binary", block=4).data == 1.0)
+    assert np.all(co_interaction_graph(inter, k, weighting="binary", block_size=4).data == 1.0)
 
 
 def write_tiny(tmp_path, rows: list[tuple[int, int, int]], n_items: int) -> dict:
@@ -101,7 +101,7 @@ def test_cooccurrence_graph_ignores_valid_and_test_rows(tmp_path) -> None:
     assert co[1, 3] == 0 and co[3, 1] == 0 and co[0, 2] == 0 and co[2, 0] == 0
     assert co[0, 1] > 0 and co[2, 3] > 0
     full = data.dataset.inter_matrix("csr")  # all splits: here the leak would show
-    leaked = cooccurrence_graph(full, 10).toarray()
+    leaked = co_interaction_graph(full, 10).toarray()
     assert leaked[1, 3] > 0 and leaked[0, 2] > 0
 
 
@@ -371,12 +371,12 @@ def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None
 def test_cl_max_nodes_subsamples_the_contrastive_sets(ml100k) -> None:
     cfg, data = ml100k
     ids = torch.arange(0, 300, 3)
-    assert torch.equal(SIGREC(cfg, data.train)._contrast_nodes(ids), ids)  # default: all (spec)
+    assert torch.equal(SIGREC(cfg, data.train)._contrast_set(ids), ids)  # default: all (spec)
     model = SIGREC(cfg.point({"cl_max_nodes": 16}), data.train)
     torch.manual_seed(0)
-    picked = model._contrast_nodes(ids)
+    picked = model._contrast_set(ids)
     assert picked.numel() == 16 and torch.isin(picked, ids).all() and (picked.diff() > 0).all()
-    assert torch.equal(model._contrast_nodes(ids[:10]), ids[:10])  # fewer than N: all of them
+    assert torch.equal(model._contrast_set(ids[:10]), ids[:10])  # fewer than N: all of them
     batch = next(iter(data.train))
     full = SIGREC(cfg, data.train)
     full.load_state_dict(model.state_dict())

@@ -18,7 +18,7 @@ Text variant (``text_weight`` a > 0; 0, the default, is plain EASE) **[inference
 supplement describes it only as "one-hop EASE on the interaction Gram matrix plus a text-kNN
 affinity term", its Add-EASE-z row calls the text term z-scored. We score
 s_u = z_u(x_u B) + a z_u(x_u K_t), with K_t the cosine top-``text_knn_k`` (20) text kNN graph
-(self included, raw cosines, not normalised) and z_u the per-user standardisation over all items.
+(self included, cosines clipped at 0, not normalised) and z_u the per-user standardisation over all items.
 It needs text features.
 
 MMRec itself ships no EASE; its non-SGD convention (ItemKNNCBF: ``req_training: False``,

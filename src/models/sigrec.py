@@ -2,7 +2,7 @@
 
 Reference: Zhang, Zhou, Zeng, Niyato, Shen, "Semantic Item Graph Enhancement for Multimodal
 Recommendation", AAAI 2026 (arXiv 2508.06154). Only the paper's abstract is available; no public
-code exists. This file is a reconstruction.
+code exists. This file is a reconstruction; section numbers (§) refer to docs/sigrec-method.md.
 
 From the abstract (fixed):
   * one item-item semantic graph per modality, built from the raw features;
@@ -17,6 +17,7 @@ From the abstract (fixed):
 Our design choices (each has a config switch; defaults first):
   * kNN edge weight: cosine (negative cosines clipped to 0) | binary          ``knn_weight``
   * co-interaction weight: count | binary                                     ``cf_weight_mode``
+  * co-interaction threshold: pairs with >= 1 shared user | >= n (MSCA: 2)    ``cf_min_count``
   * infusion: convex (1-b) S + b C | additive S + b C                         ``infusion``
   * item input: ID embedding gated by the modality (MGCN) | plain projection  ``item_input``
   * fusion: behaviour-driven gates | plain mean                               ``fusion``
@@ -39,9 +40,12 @@ gradient); the contrastive losses use a fused softmax kernel; a training step co
 layer and the user semantics for the batch's rows only, on large graphs (the same losses and
 gradients, bit for bit, as the full forward). All of these only save time.
 
-The module only imports torch, numpy, scipy, the standard library and ``common.*`` so it can be
-dropped into an MMRec checkout. Frozen graphs (kNN per modality, co-interaction C) are built
-blockwise and sparse from the *training* interactions, and cached on disk under a content hash.
+Layout: the model first, then an appendix of the kernels it needs. The module imports only torch,
+numpy, scipy, the standard library and ``common.*``, so it can be dropped into an MMRec checkout;
+the graph kernels that the harness also has (``utils/graph.py``, ``common/contrastive.py``) are
+kept here as twins with the same names, signatures and results (tests/test_graph.py pins every
+pair). Frozen graphs (kNN per modality, co-interaction C) are built blockwise and sparse from the
+*training* interactions, and cached on disk under a content hash.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ import hashlib
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,337 +74,15 @@ except ImportError:  # inside MMRec
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-CACHE_VERSION = "sigrec-graphs-v1"  # bump when a builder's output changes meaning
+CACHE_VERSION = "sigrec-graphs-v2"  # bump when a builder's output changes meaning
 ROWS_MAX_SHARE = 0.5  # rows-only products above this share of a graph's nonzeros use the full product
 
 
-# ---------------------------------------------------------------------------------------------
-# graph helpers (self-contained: no import of the harness's utils.graph)
-# ---------------------------------------------------------------------------------------------
-def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weight: str = "cosine",
-              block: int = 2048) -> sp.csr_matrix:
-    """Top-k cosine neighbours of every row of ``feat`` (itself included), built in row blocks.
-
-    Only a [block, N] similarity slice exists at any time; the output holds N*k triplets.
-    ``weight='cosine'`` keeps the cosine (clipped at 0), ``'binary'`` sets every kept edge to 1.
-    The item itself is always kept (its similarity is forced to the top before ``topk``)."""
-    if weight not in ("cosine", "binary"):
-        raise ValueError(f"knn_weight must be 'cosine' or 'binary', not {weight!r}")
-    x = torch.as_tensor(feat)
-    x = x.float() if x.dtype != torch.float32 else x
-    n = x.shape[0]
-    k = max(1, min(int(k), n))
-    inv = x.norm(dim=1)
-    inv = torch.where(inv > 0, 1.0 / inv, torch.zeros_like(inv))
-    rows, cols, vals = [], [], []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        sim = torch.mm(x[start:stop] * inv[start:stop, None], x.t())  # [b, n]
-        sim.mul_(inv[None, :])
-        local = torch.arange(stop - start, device=sim.device)
-        sim[local, local + start] = 2.0  # cosine <= 1, so the item itself always ranks first
-        top = torch.topk(sim, k, dim=1)
-        del sim
-        v = top.values
-        v[:, 0] = 1.0  # self edge (column 0 after the forced 2.0)
-        v = torch.ones_like(v) if weight == "binary" else v.clamp_min(0.0)
-        rows.append(np.repeat(np.arange(start, stop, dtype=np.int64), k))
-        cols.append(top.indices.reshape(-1).cpu().numpy().astype(np.int64))
-        vals.append(v.reshape(-1).cpu().numpy().astype(np.float32))
-    mat = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    mat.eliminate_zeros()
-    return mat
-
-
-def _topk_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the k largest entries of every row (ties: smaller column first), vectorised."""
-    order = np.lexsort((cols, -vals, rows))  # by row, then value descending, then column
-    r = rows[order]
-    first = np.searchsorted(r, r, side="left")  # index of each row's first entry in sorted order
-    rank = np.arange(r.size) - first
-    keep = np.zeros(rows.size, dtype=bool)
-    keep[order[rank < k]] = True
-    return keep
-
-
-def cooccurrence_graph(inter: sp.spmatrix, k: int, weight: str = "count", block: int = 2048) -> sp.csr_matrix:
-    """C = RᵀR with its diagonal zeroed, top ``k`` entries per row; sparse x sparse per row block.
-
-    ``inter`` is the binary M x N training matrix. ``weight='count'`` keeps the co-interaction
-    counts, ``'binary'`` sets kept edges to 1. An item without co-interactions keeps an empty row."""
-    if weight not in ("count", "binary"):
-        raise ValueError(f"cf_weight_mode must be 'count' or 'binary', not {weight!r}")
-    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)  # never alter the caller's matrix
-    r.sum_duplicates()
-    r.data[:] = 1.0  # binary, duplicates count once
-    rt = r.T.tocsr()
-    n = r.shape[1]
-    rows, cols, vals = [], [], []
-    for start in range(0, n, block):
-        part = (rt[start:start + block] @ r).tocoo()  # [b, n] sparse
-        keep = part.col != part.row + start  # zero the diagonal
-        pr, pc, pv = part.row[keep].astype(np.int64), part.col[keep].astype(np.int64), part.data[keep]
-        top = _topk_per_row(pr, pc, pv, int(k))
-        rows.append(pr[top] + start)
-        cols.append(pc[top])
-        vals.append(np.ones(int(top.sum()), np.float32) if weight == "binary" else pv[top].astype(np.float32))
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-
-
-def sym_normalize(mat: sp.spmatrix) -> sp.csr_matrix:
-    """D^-1/2 A D^-1/2 with D the row sums; a zero row stays zero (never NaN)."""
-    mat = sp.csr_matrix(mat, dtype=np.float32)
-    deg = np.asarray(mat.sum(axis=1), dtype=np.float64).ravel()
-    inv = np.zeros_like(deg)
-    np.power(deg, -0.5, out=inv, where=deg > 0)
-    d = sp.diags(inv.astype(np.float32))
-    return (d @ mat @ d).tocsr()
-
-
-def bipartite_normalized(inter: sp.spmatrix) -> sp.csr_matrix:
-    """Â = D^-1/2 [[0, R], [Rᵀ, 0]] D^-1/2 of a binary M x N matrix."""
-    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
-    r.sum_duplicates()
-    r.data[:] = 1.0
-    return sym_normalize(sp.bmat([[None, r], [r.T, None]], format="csr"))
-
-
-def to_sparse_tensor(mat: sp.spmatrix, device: Any = "cpu") -> torch.Tensor:
-    """A scipy matrix as a torch sparse CSR tensor (supports autograd through ``torch.sparse.mm``)."""
-    mat = sp.csr_matrix(mat, dtype=np.float32)
-    mat.sort_indices()
-    return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)),
-                                   torch.from_numpy(mat.indices.astype(np.int64)),
-                                   torch.from_numpy(mat.data.copy()), size=mat.shape, device=device,
-                                   check_invariants=False)
-
-
-class _SpMM(torch.autograd.Function):
-    """A @ X for a constant sparse A whose transpose is given: the backward is Aᵀ @ grad, with no
-    per-step CSR transpose (torch's own CSR backward rebuilds the transpose on every call)."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, torch.sparse.mm(ctx.a_t, grad)
-
-
-def csr_rows(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """a[rows, :] of a torch CSR matrix, as torch CSR (each row keeps its column order)."""
-    crow, col, val = a.crow_indices(), a.col_indices(), a.values()
-    starts = crow[rows]
-    lengths = crow[rows + 1] - starts
-    new_crow = torch.zeros(rows.numel() + 1, dtype=crow.dtype, device=crow.device)
-    torch.cumsum(lengths, 0, out=new_crow[1:])
-    pick = torch.arange(int(new_crow[-1]), device=crow.device) + torch.repeat_interleave(starts - new_crow[:-1], lengths)
-    return torch.sparse_csr_tensor(new_crow, col[pick], val[pick], size=(rows.numel(), a.shape[1]),
-                                   check_invariants=False)
-
-
-def csr_columns(a: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """a[:, cols] of a torch CSR matrix (``cols`` sorted, unique), as torch CSR: one pass, no sort."""
-    crow, col, val = a.crow_indices(), a.col_indices(), a.values()
-    local = torch.full((a.shape[1],), -1, dtype=col.dtype, device=col.device)
-    local[cols] = torch.arange(cols.numel(), dtype=col.dtype, device=col.device)
-    mapped = local[col]
-    keep = mapped >= 0
-    kept_before = torch.zeros(col.numel() + 1, dtype=crow.dtype, device=col.device)
-    torch.cumsum(keep, 0, out=kept_before[1:])
-    pick = keep.nonzero().squeeze(1)
-    return torch.sparse_csr_tensor(kept_before[crow], mapped[pick], val[pick], size=(a.shape[0], cols.numel()),
-                                   check_invariants=False)
-
-
-class _RowsSpMM(torch.autograd.Function):
-    """(A x)[rows] touching only those rows' nonzeros; the backward is Aᵀ[:, rows] @ grad. The
-    same values, bit for bit, as the full product followed by indexing (zero rows add nothing)."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, a_t: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.a_t, ctx.rows = a_t, rows
-        return torch.sparse.mm(csr_rows(a, rows), x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
-        return None, None, None, torch.sparse.mm(csr_columns(ctx.a_t, ctx.rows), grad)
-
-
-class FrozenGraph:
-    """A frozen sparse matrix with its transpose, both torch CSR, multiplied through ``_SpMM``."""
-
-    def __init__(self, mat: sp.spmatrix, device: Any = "cpu") -> None:
-        mat = sp.csr_matrix(mat, dtype=np.float32)
-        self.shape = mat.shape
-        self.a = to_sparse_tensor(mat, device)
-        self.a_t = to_sparse_tensor(mat.T.tocsr(), device)
-        self.rows_only: bool | None = None  # decided on the first call of rows(), then kept
-
-    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return _SpMM.apply(self.a, self.a_t, x) if x.requires_grad else torch.sparse.mm(self.a, x)
-
-    def rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only; when they hold
-        most of the nonzeros (small graphs), the full product is cheaper than slicing. Both paths
-        give the same values; which one pays is decided once per graph, on the first batch (one
-        host sync then, none per step after)."""
-        if self.rows_only is None:
-            crow = self.a.crow_indices()
-            self.rows_only = bool((crow[rows + 1] - crow[rows]).sum() <= ROWS_MAX_SHARE * self.a.values().numel())
-        if not self.rows_only:
-            return (self @ x)[rows]
-        return _RowsSpMM.apply(self.a, self.a_t, rows, x) if x.requires_grad else \
-            torch.sparse.mm(csr_rows(self.a, rows), x)
-
-
-def infuse(sem: sp.spmatrix, co: sp.spmatrix | None, beta: float, mode: str = "convex") -> sp.csr_matrix:
-    """S̄ = (1-β)Ŝ + βĈ (``convex``) or Ŝ + βĈ (``additive``); both inputs already normalised."""
-    if mode not in ("convex", "additive"):
-        raise ValueError(f"infusion must be 'convex' or 'additive', not {mode!r}")
-    if co is None or beta == 0:
-        return sp.csr_matrix(sem)
-    return ((1.0 - beta) * sem + beta * co).tocsr() if mode == "convex" else (sem + beta * co).tocsr()
-
-
-def perturb(x: torch.Tensor, eps: float, mode: str = "modulus") -> torch.Tensor:
-    """Δ = ε · s_k · sign(x) ⊙ normalize(u), u ~ U(0,1)^d, with s_k = ‖x_k‖ (detached) in
-    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ."""
-    x = x.detach()  # the noise carries no gradient (sign() has a zero derivative anyway)
-    u = torch.rand_like(x)
-    direction = F.normalize(u, dim=-1) * torch.sign(x)
-    if mode == "modulus":
-        direction = direction * x.norm(dim=-1, keepdim=True)
-    elif mode != "constant":
-        raise ValueError(f"perturb_mode must be 'modulus' or 'constant', not {mode!r}")
-    return eps * direction
-
-
-class _Contrast(torch.autograd.Function):
-    """Fused softmax contrast on L2-normalised rows: logits = a bᵀ/τ, row k's positives are the
-    columns k + m·n (m < n_pos); loss = mean_k lse_k - mean_{k,m} logit[k, k + m·n].
-
-    Cosines are at most 1, so exp(logit - 1/τ) <= 1 needs no max-shift; the shift is fused into
-    the matmul, the exponentials are taken in place and reused as the softmax in the backward:
-    three passes over the [n, n·n_pos] buffer instead of autograd's eight or so. A side that
-    needs no gradient (a detached anchor or target) costs no backward product."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, tau: float, n_pos: int) -> torch.Tensor:
-        n = a.shape[0]
-        expo = a.new_full((n, b.shape[0]), -1.0 / tau).addmm_(a, b.t(), alpha=1.0 / tau)  # logits - 1/τ <= ~0
-        cols = torch.arange(n, device=a.device)[:, None] + n * torch.arange(n_pos, device=a.device)[None, :]
-        pos = expo.gather(1, cols)
-        expo.exp_()
-        rowsum = expo.sum(dim=1).clamp_min(torch.finfo(expo.dtype).tiny)
-        ctx.save_for_backward(a, b)
-        ctx.expo, ctx.rowsum, ctx.cols, ctx.tau, ctx.n_pos = expo, rowsum, cols, tau, n_pos
-        return rowsum.log().mean() - pos.mean()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        a, b = ctx.saved_tensors
-        scale = grad / (a.shape[0] * ctx.tau)
-        p = ctx.expo.mul_((scale / ctx.rowsum)[:, None])  # softmax · grad/(nτ), in place
-        p.scatter_add_(1, ctx.cols, (-scale / ctx.n_pos).expand(ctx.cols.shape).contiguous())
-        ctx.expo = ctx.rowsum = None
-        need_a, need_b = ctx.needs_input_grad[:2]  # a detached side (anchor, target) costs no product
-        return p @ b if need_a else None, p.t() @ a if need_b else None, None, None
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over rows k of -log softmax_k(cos(a_k, b_·)/τ): row k of b is a_k's positive."""
-    return _Contrast.apply(F.normalize(a, dim=-1), F.normalize(b, dim=-1), temperature, 1)
-
-
-def anchor_info_nce(anchor: torch.Tensor, views: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """Anchor-based InfoNCE: anchor b_k, positives s_k^m for every modality m, one shared
-    denominator over all batch entities j and all modalities m':
-    -1/(n|M|) Σ_k Σ_m [cos(b_k, s_k^m)/τ - log Σ_j Σ_m' exp(cos(b_k, s_j^m')/τ)]."""
-    s = F.normalize(torch.cat(views, dim=0), dim=-1)  # [|M| n, d], modality-major
-    return _Contrast.apply(F.normalize(anchor, dim=-1), s, temperature, len(views))
-
-
-def graph_cache_key(kind: str, arrays: list[np.ndarray], params: dict) -> str:
-    """A hash of the input arrays' bytes (with shapes and dtypes) and every graph parameter."""
-    h = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{sorted(params.items())}".encode())
-    for arr in arrays:
-        arr = np.ascontiguousarray(arr)
-        h.update(f"{arr.shape}|{arr.dtype}".encode())
-        h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()[:24]
-
-
-def inter_arrays(inter: sp.spmatrix) -> list[np.ndarray]:
-    """The arrays that identify a binary interaction matrix (for the cache key)."""
-    r = sp.csr_matrix(inter)
-    r.sum_duplicates()
-    r.sort_indices()
-    return [np.asarray(r.shape, np.int64), r.indptr.astype(np.int64), r.indices.astype(np.int64)]
-
-
-def _writable(folder: Path) -> bool:
-    """Whether the folder (or its nearest existing ancestor) may be written: the access check
-    and the write bits, so that read-only data stays untouched even for root."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return os.access(probe, os.W_OK) and bool(probe.stat().st_mode & 0o222)
-
-
-def resolve_cache_dir(config: Any) -> Path:
-    """``graph_cache_dir``, else ``<output_dir>/cache/<dataset>/`` (the harness's output folder;
-    never the data folder, which may be shared or read-only), else ~/.cache/sigrec/. The files
-    are named by content hashes, so an old cache elsewhere is never reused by mistake."""
-    explicit = config["graph_cache_dir"]
-    candidates = [Path(os.path.expanduser(str(explicit)))] if explicit else []
-    if config["output_dir"]:
-        candidates.append(Path(str(config["output_dir"])) / "cache" / str(config["dataset"] or "default"))
-    candidates.append(Path.home() / ".cache" / "sigrec")
-    for folder in candidates:
-        if not _writable(folder):
-            continue
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        return folder
-    raise OSError(f"no writable graph cache folder among {', '.join(map(str, candidates))}")
-
-
-def cached_graph(folder: Path | None, name: str, build: Any) -> sp.csr_matrix:
-    """Load ``folder/name.npz`` or build it and write it atomically (tmp file + os.replace)."""
-    if folder is None:
-        return build()
-    path = folder / f"{name}.npz"
-    if path.exists():
-        try:
-            return sp.load_npz(path).tocsr()
-        except (OSError, ValueError, KeyError) as exc:  # torn or foreign file: rebuild it
-            logging.getLogger().warning(f"ignoring unreadable graph cache {path}: {exc}")
-    mat = build()
-    tmp = folder / f"{name}.tmp{os.getpid()}.npz"
-    sp.save_npz(tmp, mat)
-    os.replace(tmp, path)
-    return mat
-
-
-def _cfg(config: Any, key: str, default: Any) -> Any:
-    """config[key], or the default when the key is missing (MMRec's Config gives None)."""
-    value = config[key]
-    return default if value is None else value
-
-
-# ---------------------------------------------------------------------------------------------
-# the model
-# ---------------------------------------------------------------------------------------------
 class SIGREC(GeneralRecommender):
     """SIGREC (see the module docstring for what is from the paper and what is our choice).
 
-    Loss terms returned by ``calculate_loss`` (the trainer sums them):
-    BPR + λ_reg L_reg, λ_p L_pert, λ_a L_anchor, λ_f L_align."""
+    Objective (§8), one returned term each (the trainer sums them):
+    L = [L_BPR + λ_reg L_reg] + λ_p L_pert + λ_a L_anchor + λ_f L_align."""
 
     cached_scoring = True  # F is computed once per evaluation (a harness hint; MMRec ignores it)
     # [harness] allowed values, checked before any data is read (utils/schema.py; MMRec ignores them)
@@ -409,10 +92,10 @@ class SIGREC(GeneralRecommender):
                "perturb_mode": ("modulus", "constant"), "anchor_mode": ("anchor", "direct"),
                "anchor_detach": (True, False), "align_detach": (True, False)}
     ranges = {"n_ui_layers": (int, ">= 0"), "n_mm_layers": (int, ">= 1"), "reg_weight": (float, ">= 0"),
-              "knn_k": (int, ">= 1"), "cf_topk": (int, ">= 1"), "cf_weight": (float, ">= 0"),
-              "graph_block_size": (int, ">= 1"), "perturb_eps": (float, ">= 0"), "cl_weight": (float, ">= 0"),
-              "temperature": (float, "> 0"), "cl_max_nodes": (int, ">= 0"), "anchor_weight": (float, ">= 0"),
-              "align_weight": (float, ">= 0")}
+              "knn_k": (int, ">= 1"), "cf_topk": (int, ">= 1"), "cf_min_count": (int, ">= 1"),
+              "cf_weight": (float, ">= 0"), "graph_block_size": (int, ">= 1"), "perturb_eps": (float, ">= 0"),
+              "cl_weight": (float, ">= 0"), "temperature": (float, "> 0"), "cl_max_nodes": (int, ">= 0"),
+              "anchor_weight": (float, ">= 0"), "align_weight": (float, ">= 0")}
     # [harness] the terms calculate_loss returns, named once in the log (train_loss1, ...)
     loss_names = ("BPR + reg", "perturbation InfoNCE", "anchor alignment", "fusion alignment")
 
@@ -447,11 +130,11 @@ class SIGREC(GeneralRecommender):
             logging.getLogger().warning("anchor_mode 'direct' needs two modalities; the anchor loss is 0")
 
         # frozen graphs
-        inter = sp.csr_matrix(dataloader.inter_matrix(form="coo"), dtype=np.float32)
-        adj = bipartite_normalized(inter)
-        self.adj = FrozenGraph(adj, self.device)
-        self.user_item = FrozenGraph(adj[:self.n_users, self.n_users:], self.device)  # R̃
-        self.sem_graphs = self._semantic_graphs(config, feats, inter)
+        inter = _binary(dataloader.inter_matrix(form="coo"))
+        adj = sym_normalize(bipartite_adjacency(inter))
+        self.adj = FrozenGraph(adj, self.device)  # Â (§1)
+        self.user_item = FrozenGraph(adj[:self.n_users, self.n_users:], self.device)  # R̃ (§4)
+        self.sem_graphs = self._semantic_graphs(config, feats, inter)  # S̄^m (§2-3)
 
         # parameters
         self.user_embedding = nn.Embedding(self.n_users, self.dim)
@@ -488,10 +171,11 @@ class SIGREC(GeneralRecommender):
 
     def _semantic_graphs(self, config: Any, feats: dict[str, torch.Tensor],
                          inter: sp.csr_matrix) -> dict[str, FrozenGraph]:
-        """S̄^m for every modality as torch CSR, from cached or freshly built kNN and C graphs."""
+        """S̄^m = infuse(Ŝ^m, Ĉ) for every modality (§2-3), from cached or freshly built graphs."""
         knn_k = int(_cfg(config, "knn_k", 10))
         knn_weight = str(_cfg(config, "knn_weight", "cosine"))
         cf_topk = int(_cfg(config, "cf_topk", 10))
+        cf_min_count = int(_cfg(config, "cf_min_count", 1))
         cf_mode = str(_cfg(config, "cf_weight_mode", "count"))
         beta = float(_cfg(config, "cf_weight", 0.3))
         infusion = str(_cfg(config, "infusion", "convex"))
@@ -503,12 +187,16 @@ class SIGREC(GeneralRecommender):
         self.cache_files: list[Path] = []
         co = None
         if beta != 0:
-            key = graph_cache_key("co", inter_arrays(inter), {"cf_topk": cf_topk, "cf_weight_mode": cf_mode})
+            params = {"cf_topk": cf_topk, "cf_weight_mode": cf_mode, "cf_min_count": cf_min_count}
+            key = graph_cache_key("co", inter_arrays(inter), params)
             self.cache_files.append(folder / f"co_{key}.npz")
-            raw = cached_graph(folder, f"co_{key}", lambda: cooccurrence_graph(inter, cf_topk, cf_mode, block))
+            raw = cached_graph(folder, f"co_{key}", lambda: co_interaction_graph(
+                inter, cf_topk, min_count=cf_min_count, weighting=cf_mode, block_size=block))
             if raw.count_nonzero() == 0:  # never infuse a silent zero graph
-                raise ModelInputError("SIGREC's co-interaction graph C = RᵀR has no edges: no two items share a "
-                                      "training user; set cf_weight 0 to train without the infusion")
+                shared = "a training user" if cf_min_count <= 1 else f"{cf_min_count} or more training users"
+                raise ModelInputError(f"SIGREC's co-interaction graph C = RᵀR has no edges: no two items share "
+                                      f"{shared}; set cf_weight 0 to train without the infusion"
+                                      + (" or lower cf_min_count" if cf_min_count > 1 else ""))
             co = sym_normalize(raw)
         self.co_graph = co  # Ĉ (scipy), kept for inspection
         graphs = {}
@@ -516,13 +204,14 @@ class SIGREC(GeneralRecommender):
             arr = f.detach().cpu().numpy()
             key = graph_cache_key("knn", [arr], {"knn_k": knn_k, "knn_weight": knn_weight})
             self.cache_files.append(folder / f"knn_{m}_{key}.npz")
-            sem = sym_normalize(cached_graph(folder, f"knn_{m}_{key}", lambda: knn_graph(f, knn_k, knn_weight, block)))
+            sem = sym_normalize(cached_graph(folder, f"knn_{m}_{key}",
+                                             lambda: knn_graph(f, knn_k, knn_weight, block_size=block)))
             graphs[m] = FrozenGraph(infuse(sem, co, beta, infusion), self.device)
         return graphs
 
-    # --- forward -------------------------------------------------------------------------
+    # --- representations ---------------------------------------------------------------------
     def behavior(self) -> torch.Tensor:
-        """B: the mean of H⁰..H^L of LightGCN on Â, users first."""
+        """B (§1): the mean of H⁰..H^L of LightGCN on Â, users first."""
         h = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         total = h
         for _ in range(self.n_ui_layers):
@@ -544,7 +233,7 @@ class SIGREC(GeneralRecommender):
         return total / (self.n_ui_layers + 1)
 
     def item_inputs(self) -> dict[str, torch.Tensor]:
-        """x^m: the item ID embedding gated by the projected modality feature, or the projection."""
+        """x^m (§4): the item ID embedding gated by the projected modality feature, or the projection."""
         out = {}
         for m in self.modal_names:
             p = self.proj[m](getattr(self, f"feat_{m}"))
@@ -554,7 +243,7 @@ class SIGREC(GeneralRecommender):
 
     def semantic(self, m: str, x: torch.Tensor,
                  users: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Clean S^m = [R̃ s_i; s_i] with s_i = (S̄^m)^L x, and the item states after each step.
+        """Clean S^m = [R̃ s_i; s_i] with s_i = (S̄^m)^L x (§4), and the item states after each step.
         With ``users`` (sorted, unique), only those users' rows sit above all the items."""
         states, s = [], x
         for _ in range(self.n_mm_layers):
@@ -565,7 +254,7 @@ class SIGREC(GeneralRecommender):
 
     def noise_offsets(self, m: str, sem: torch.Tensor, states: list[torch.Tensor], views: int = 2,
                       users: torch.Tensor | None = None) -> torch.Tensor:
-        """[views, M+N, d] offsets e with view = S^m + e, equal to running the branch with noise
+        """[views, M+N, d] offsets e with view = S^m + e (§6), equal to running the branch with noise
         injected after every propagation step (item layers, then the user aggregation).
         With ``users`` (sorted, unique), only those users' rows: [views, len(users)+N, d], and
         ``sem`` holds only those users' rows above the items; noise is drawn for those rows only
@@ -577,7 +266,7 @@ class SIGREC(GeneralRecommender):
         with torch.no_grad():
             n, d = self.n_items, sem.shape[1]
             e = None
-            for step, clean in enumerate(states):
+            for clean in states:
                 prop = torch.zeros(views, n, d, device=sem.device) if e is None else \
                     (self.sem_graphs[m] @ e.permute(1, 0, 2).reshape(n, -1)).reshape(n, views, d).permute(1, 0, 2)
                 e = prop + perturb(clean.detach() + prop, self.eps, self.perturb_mode)
@@ -591,7 +280,7 @@ class SIGREC(GeneralRecommender):
             return torch.cat([eu, e], dim=1)
 
     def fuse(self, b: torch.Tensor, sem: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Z = mean_m g_m(B) ⊙ S^m (gate) or mean_m S^m (mean)."""
+        """Z (§5) = mean_m g_m(B) ⊙ S^m (gate) or mean_m S^m (mean)."""
         parts = [torch.sigmoid(self.fusion_gate[m](b)) * sem[m] if self.fusion_gate is not None else sem[m]
                  for m in self.modal_names]
         return torch.stack(parts).mean(0)
@@ -609,74 +298,501 @@ class SIGREC(GeneralRecommender):
         self._cache = None  # scores use representations computed once per evaluation
         return super().train(mode)
 
-    # --- losses --------------------------------------------------------------------------
+    # --- the objective (§8) ------------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """L = [L_BPR + λ_reg L_reg] + λ_p L_pert + λ_a L_anchor + λ_f L_align; a term whose weight
+        is 0 is not computed. Every term reads the batch's rows only (``batch_rows``)."""
+        batch = self.encode(self.batch_rows(interaction))
+        zero = batch.b.new_zeros(())
+        return (self.bpr_loss(batch) + self.reg_weight * self.reg_loss(batch),
+                self.cl_weight * self.perturbation_loss(batch) if self.cl_weight > 0 else zero,
+                self.anchor_weight * self.anchor_loss(batch) if self.anchor_weight > 0 else zero,
+                self.align_weight * self.align_loss(batch) if self.align_weight > 0 else zero)
+
+    def bpr_loss(self, batch: BatchRows) -> torch.Tensor:
+        """L_BPR = -mean log σ(F_u·F_p - F_u·F_n), F = B + Z, one uniform negative (§8)."""
+        fu, fp, fn = batch.final
+        return self.bpr((fu * fp).sum(-1), (fu * fn).sum(-1))
+
+    def reg_loss(self, batch: BatchRows) -> torch.Tensor:
+        """L_reg = ½(‖F_u‖² + ‖F_p‖² + ‖F_n‖²) / batch, over the batch rows (§8)."""
+        fu, fp, fn = batch.final
+        return 0.5 * (fu.pow(2).sum() + fp.pow(2).sum() + fn.pow(2).sum()) / batch.users.shape[0]
+
+    def perturbation_loss(self, batch: BatchRows) -> torch.Tensor:
+        """L_pert = Σ_m [InfoNCE(S^m'_U, S^m''_U) + InfoNCE(S^m'_I, S^m''_I)] (§6): two views with
+        modulus-scaled noise after every propagation step, over the unique users and positives."""
+        loss = batch.b.new_zeros(())
+        for m in self.modal_names:
+            e = self.noise_offsets(m, batch.sem_users_items[m], batch.states[m], users=batch.user_rows)
+            e = torch.cat([e[:, :batch.n_user_nodes], e[:, batch.n_user_nodes:][:, batch.item_rows]], dim=1)
+            for at in (batch.at_users, batch.at_items):
+                clean = batch.sem[m][at]
+                loss = loss + info_nce(clean + e[0, at], clean + e[1, at], self.tau)
+        return loss
+
+    def anchor_loss(self, batch: BatchRows) -> torch.Tensor:
+        """L_anchor (§7), over the unique users and over the unique positives: anchor b_k, positives
+        s_k^m for every modality, one shared denominator over all entities and modalities:
+        -1/(n|M|) Σ_k Σ_m log[exp(cos(b_k, s_k^m)/τ) / Σ_j Σ_m' exp(cos(b_k, s_j^m')/τ)].
+        ``anchor_mode: direct`` is the ablation InfoNCE(s^v, s^t); ``anchor_detach`` stops the
+        gradient into the anchors."""
+        loss = batch.b.new_zeros(())
+        for at in (batch.at_users, batch.at_items):
+            views = [batch.sem[m][at] for m in self.modal_names]
+            if self.anchor_mode == "direct":
+                loss = loss + (info_nce(views[0], views[1], self.tau) if len(views) > 1 else batch.b.new_zeros(()))
+                continue
+            anchor = batch.b[at].detach() if self.anchor_detach else batch.b[at]
+            loss = loss + anchor_info_nce(anchor, views, self.tau)
+        return loss
+
+    def align_loss(self, batch: BatchRows) -> torch.Tensor:
+        """L_align = InfoNCE(Z_U, B_U) + InfoNCE(Z_I, B_I) (§7). With ``align_detach`` no gradient
+        of it reaches B, neither through the target nor through the fusion gate σ(W_g B) inside
+        Z: Z is fused again from B.detach() (W_g and the semantic branch still learn from it)."""
+        loss = batch.b.new_zeros(())
+        for at in (batch.at_users, batch.at_items):
+            if not self.align_detach:
+                loss = loss + info_nce(batch.z[at], batch.b[at], self.tau)
+                continue
+            target = batch.b[at].detach()
+            loss = loss + info_nce(self.fuse(target, {m: s[at] for m, s in batch.sem.items()}), target, self.tau)
+        return loss
+
+    # --- rows-only bookkeeping ---------------------------------------------------------------
+    def batch_rows(self, interaction: Any) -> BatchRows:
+        """The batch's sorted unique nodes and where every user, positive, negative and contrastive
+        entity sits among them: the losses read only these rows of B, S^m and Z (the same values
+        as the full forward, at a fraction of its cost on large graphs)."""
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        # every loss reads the batch's nodes only: B, the user semantics and the users' noise are
-        # computed for those rows (the same values as the full forward, at a fraction of its cost)
         nodes, where = torch.unique(torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True)
         n_user_nodes = int(torch.searchsorted(nodes, self.n_users))
-        user_rows, item_rows = nodes[:n_user_nodes], nodes[n_user_nodes:] - self.n_users
-        b_nodes = self.behavior_rows(nodes)
-        x = self.item_inputs()
-        sem_nodes, states, sem_users_items = {}, {}, {}
-        for m in self.modal_names:  # [batch users; all items], then the batch's nodes
-            sem_users_items[m], states[m] = self.semantic(m, x[m], user_rows)
-            sem_nodes[m] = torch.cat([sem_users_items[m][:n_user_nodes], sem_users_items[m][n_user_nodes:][item_rows]])
-        z_nodes = self.fuse(b_nodes, sem_nodes)
-        fu, fp, fn = (b_nodes + z_nodes)[where].split(users.shape[0])
-        bpr = self.bpr((fu * fp).sum(-1), (fu * fn).sum(-1))
-        reg = 0.5 * (fu.pow(2).sum() + fp.pow(2).sum() + fn.pow(2).sum()) / users.shape[0]
-        zero = bpr.new_zeros(())
-        uu = self._contrast_nodes(torch.unique(users))
-        ii = self._contrast_nodes(torch.unique(pos)) + self.n_users
-        at_u, at_i = torch.searchsorted(nodes, uu), torch.searchsorted(nodes, ii)
-        pert = anchor = align = zero
-        if self.cl_weight > 0:
-            for m in self.modal_names:
-                e = self.noise_offsets(m, sem_users_items[m], states[m], users=user_rows)
-                e = torch.cat([e[:, :n_user_nodes], e[:, n_user_nodes:][:, item_rows]], dim=1)  # node-aligned
-                for at in (at_u, at_i):
-                    clean = sem_nodes[m][at]
-                    pert = pert + info_nce(clean + e[0, at], clean + e[1, at], self.tau)
-        if self.anchor_weight > 0:
-            anchor = self._anchor_loss(b_nodes, sem_nodes, at_u) + self._anchor_loss(b_nodes, sem_nodes, at_i)
-        if self.align_weight > 0:
-            align = self._align_loss(b_nodes, sem_nodes, z_nodes, at_u) + \
-                self._align_loss(b_nodes, sem_nodes, z_nodes, at_i)
-        return (bpr + self.reg_weight * reg, self.cl_weight * pert, self.anchor_weight * anchor,
-                self.align_weight * align)
+        at_users = torch.searchsorted(nodes, self._contrast_set(torch.unique(users)))
+        at_items = torch.searchsorted(nodes, self._contrast_set(torch.unique(pos)) + self.n_users)
+        return BatchRows(users=users, nodes=nodes, where=where, n_user_nodes=n_user_nodes,
+                         user_rows=nodes[:n_user_nodes], item_rows=nodes[n_user_nodes:] - self.n_users,
+                         at_users=at_users, at_items=at_items)
 
-    def _contrast_nodes(self, ids: torch.Tensor) -> torch.Tensor:
+    def encode(self, batch: BatchRows) -> BatchRows:
+        """B, S^m and Z at the batch's nodes (clean forward), and S^m over [the batch's users; all
+        items] with the item states, which the perturbation views start from."""
+        batch.b = self.behavior_rows(batch.nodes)
+        x = self.item_inputs()
+        batch.sem, batch.states, batch.sem_users_items = {}, {}, {}
+        for m in self.modal_names:
+            full, batch.states[m] = self.semantic(m, x[m], batch.user_rows)
+            batch.sem_users_items[m] = full
+            batch.sem[m] = torch.cat([full[:batch.n_user_nodes], full[batch.n_user_nodes:][batch.item_rows]])
+        batch.z = self.fuse(batch.b, batch.sem)
+        batch.final = (batch.b + batch.z)[batch.where].split(batch.users.shape[0])  # F_u, F_p, F_n
+        return batch
+
+    def _contrast_set(self, ids: torch.Tensor) -> torch.Tensor:
         """The batch's unique ids (spec), or a random ``cl_max_nodes`` of them, sorted (speed switch)."""
         if 0 < self.cl_max_nodes < ids.numel():
             keep = torch.randperm(ids.numel(), device=ids.device)[:self.cl_max_nodes]
             return ids[keep.sort().values]
         return ids
 
-    def _anchor_loss(self, b: torch.Tensor, sem: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        views = [sem[m][idx] for m in self.modal_names]
-        if self.anchor_mode == "direct":
-            return info_nce(views[0], views[1], self.tau) if len(views) > 1 else b.new_zeros(())
-        anchor = b[idx].detach() if self.anchor_detach else b[idx]
-        return anchor_info_nce(anchor, views, self.tau)
-
-    def _align_loss(self, b: torch.Tensor, sem: dict[str, torch.Tensor], z: torch.Tensor,
-                    idx: torch.Tensor) -> torch.Tensor:
-        """L_align = InfoNCE(Z, B) over the rows ``idx``. With ``align_detach`` no gradient of it
-        reaches B, neither through the target nor through the fusion gate σ(W_g B) inside Z:
-        Z is fused again from B.detach() (W_g and the semantic branch still learn from it)."""
-        if not self.align_detach:
-            return info_nce(z[idx], b[idx], self.tau)
-        target = b[idx].detach()
-        return info_nce(self.fuse(target, {m: s[idx] for m, s in sem.items()}), target, self.tau)
-
-    # --- scoring -------------------------------------------------------------------------
+    # --- scoring -----------------------------------------------------------------------------
     def full_sort_predict(self, interaction: Any) -> torch.Tensor:
-        """Scores F_u · F_i over all items; F is computed once per evaluation (no noise)."""
+        """Scores F_u · F_i over all items (§5); F is computed once per evaluation (no noise)."""
         if self._cache is None:
             b, sem, _ = self.forward()
             f = b + self.fuse(b, sem)
             self._cache = (f[:self.n_users], f[self.n_users:])
         user_all, item_all = self._cache
         return user_all[interaction[0]] @ item_all.t()
+
+
+# =============================================================================================
+# Appendix: the kernels SIGREC needs, self-contained (no import of the harness's utils.*).
+# Twins of utils/graph.py and common/contrastive.py carry the same names, signatures and
+# results; tests/test_graph.py::test_sigrec_twin_kernels runs every pair on random input.
+# =============================================================================================
+
+# --- a training step's rows --------------------------------------------------------------------
+@dataclass
+class BatchRows:
+    """The rows one training step reads (the rows-only bookkeeping, in one place).
+
+    ``nodes``: the batch's sorted unique node ids (users 0..M-1, then items offset by M);
+    ``where``: the position in ``nodes`` of every user, positive and negative of the batch;
+    ``user_rows``/``item_rows``: the batch's users and items (item ids), in ``nodes`` order;
+    ``at_users``/``at_items``: positions in ``nodes`` of the contrastive sets (the unique users
+    and unique positive items, §6-7). Filled by ``encode``: B, S^m and Z at ``nodes``, F = B + Z
+    of the batch's users, positives and negatives (``final``), and per modality S^m over
+    [the batch's users; all items] with the item states, where the perturbation views start."""
+    users: torch.Tensor
+    nodes: torch.Tensor
+    where: torch.Tensor
+    n_user_nodes: int
+    user_rows: torch.Tensor
+    item_rows: torch.Tensor
+    at_users: torch.Tensor
+    at_items: torch.Tensor
+    b: torch.Tensor | None = None
+    sem: dict[str, torch.Tensor] | None = None
+    z: torch.Tensor | None = None
+    sem_users_items: dict[str, torch.Tensor] | None = None
+    states: dict[str, list[torch.Tensor]] | None = None
+    final: tuple[torch.Tensor, ...] | None = None
+
+
+# --- graphs (twins of utils/graph.py) --------------------------------------------------------
+def sym_normalize(mat: sp.spmatrix) -> sp.csr_matrix:
+    """D^-1/2 A D^-1/2 with D the row sums; a zero-degree row stays zero (never NaN)."""
+    mat = sp.csr_matrix(mat, dtype=np.float32)
+    deg = np.asarray(mat.sum(axis=1)).ravel()
+    inv = np.zeros_like(deg)
+    np.power(deg, -0.5, out=inv, where=deg > 0)
+    scale = sp.diags(inv.astype(np.float32))
+    return (scale @ mat @ scale).tocsr()
+
+
+def bipartite_adjacency(inter: sp.spmatrix) -> sp.csr_matrix:
+    """The (M+N) x (M+N) matrix [[0, R], [R^T, 0]] of a binary M x N interaction matrix."""
+    r = sp.csr_matrix(inter, dtype=np.float32)
+    return sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+
+
+def to_torch_csr(mat: sp.spmatrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A scipy matrix as a torch sparse CSR tensor (faster than COO for forward and backward)."""
+    mat = sp.csr_matrix(mat, dtype=np.float32)
+    mat.sort_indices()
+    # int32 indices when they fit: the CPU kernel then runs about 30% faster (same values)
+    idx = np.int32 if max(mat.nnz, *mat.shape) < np.iinfo(np.int32).max else np.int64
+    return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(idx)),
+                                   torch.from_numpy(mat.indices.astype(idx)),
+                                   torch.from_numpy(mat.data), size=mat.shape, device=device,
+                                   check_invariants=False)
+
+
+class _SpMM(torch.autograd.Function):
+    """y = A x with the backward A^T g taken from a given A^T (no CSR transpose + sort per step)."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj_t = adj_t
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+
+
+def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor) -> torch.Tensor:
+    """A @ x for a constant sparse A; ``adj_t`` is A^T (pass ``adj`` itself when A is symmetric).
+
+    Same values as torch.sparse.mm, but the backward reuses A^T instead of transposing A."""
+    if not x.requires_grad:
+        return torch.sparse.mm(adj, x)
+    return _SpMM.apply(adj, adj_t, x)
+
+
+def csr_rows(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A[rows, :] of a torch CSR matrix, as torch CSR (each row keeps its column order)."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    rows = rows.to(crow.device, torch.int64)
+    starts = crow[rows].long()
+    lengths = crow[rows + 1].long() - starts
+    new_crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    pick = torch.arange(int(new_crow[-1]), device=crow.device) + \
+        torch.repeat_interleave(starts - new_crow[:-1], lengths)
+    return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[pick], val[pick],
+                                   size=(rows.numel(), adj.shape[1]), check_invariants=False)
+
+
+def csr_columns(adj: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """A[:, cols] of a torch CSR matrix, as torch CSR; ``cols`` sorted and unique. One pass over
+    the nonzeros, no sort. For a symmetric A this is (A[cols, :])^T."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    local = torch.full((adj.shape[1],), -1, dtype=col.dtype, device=col.device)
+    local[cols] = torch.arange(cols.numel(), dtype=col.dtype, device=col.device)
+    mapped = local[col]
+    keep = mapped >= 0
+    kept_before = torch.zeros(col.numel() + 1, dtype=torch.int64, device=col.device)
+    torch.cumsum(keep, 0, out=kept_before[1:])
+    pick = keep.nonzero().squeeze(1)
+    return torch.sparse_csr_tensor(kept_before[crow].to(crow.dtype), mapped[pick], val[pick],
+                                   size=(adj.shape[0], cols.numel()), check_invariants=False)
+
+
+def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary",
+              block_size: int = 2048) -> sp.csr_matrix:
+    """Cosine top-k neighbours of every row (self included, as in MMRec), as a sparse N x N matrix.
+
+    Rows are processed in blocks: L2-normalise, block @ feat^T, torch.topk; only the (row, col,
+    value) triplets are kept, so memory is O(block_size * N + N * k), never N x N. The row itself
+    is always among its k (forced to the top, so duplicate or all-zero feature rows cannot push it
+    out; it keeps its own cosine as its value). ``weighting``: 'binary' (value 1) or 'cosine' (the
+    similarity, clipped at 0: a negative weight has no meaning in a normalised graph; zero entries
+    are dropped).
+    """
+    if weighting not in ("binary", "cosine"):
+        raise ValueError(f"weighting must be 'binary' or 'cosine', not {weighting!r}")
+    # computed where the features live (a CUDA tensor is processed on the GPU)
+    x = feat.detach().float() if torch.is_tensor(feat) else torch.as_tensor(np.asarray(feat), dtype=torch.float32)
+    x = torch.nn.functional.normalize(x, p=2, dim=1)
+    n = x.shape[0]
+    k = max(1, min(int(k), n))
+    cols, vals = [], []
+    with torch.no_grad():
+        for start in range(0, n, block_size):
+            sim = x[start:start + block_size] @ x.t()
+            own = torch.arange(sim.shape[0], device=sim.device)
+            self_sim = sim[own, own + start].clone()
+            sim[own, own + start] = float("inf")        # the row itself always ranks first
+            top = torch.topk(sim, k, dim=1)
+            top.values[:, 0] = self_sim
+            cols.append(top.indices.cpu())
+            vals.append(top.values.cpu())
+    col = torch.cat(cols).reshape(-1).numpy()
+    val = torch.cat(vals).reshape(-1).clamp_min(0.0).numpy() if weighting == "cosine" else np.ones(n * k, np.float32)
+    row = np.repeat(np.arange(n), k)
+    mat = sp.csr_matrix((val.astype(np.float32), (row, col)), shape=(n, n))
+    mat.eliminate_zeros()
+    mat.sort_indices()
+    return mat
+
+
+def _top_k_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the k largest values of every row (ties: smaller column first), no Python loop."""
+    order = np.lexsort((cols, -vals, rows))          # row, then value descending, then column
+    r = rows[order]
+    rank = np.arange(r.size) - np.searchsorted(r, r, side="left")
+    keep = np.zeros(rows.size, dtype=bool)
+    keep[order[rank < k]] = True
+    return keep
+
+
+def co_interaction_graph(inter: sp.spmatrix, k: int, min_count: int = 1, self_loop: bool = False,
+                         weighting: str = "count", block_size: int = 2048) -> sp.csr_matrix:
+    """The item-item co-interaction graph of a binary M x N matrix R (pass the TRAINING split).
+
+    C = RᵀR (C_ij = users who have both i and j), one sparse product per block of item rows,
+    never N x N dense. Dropped: the diagonal and every C_ij < ``min_count`` (MSCA: 2). Each row
+    then keeps its ``k`` largest counts (ties: smaller item id first), or all that are left when
+    fewer. ``weighting``: 'count' (C_ij) or 'binary' (1). ``self_loop`` adds (i, i) with weight 1
+    to every row, the items without partners included. Not normalised."""
+    if weighting not in ("count", "binary"):
+        raise ValueError(f"weighting must be 'count' or 'binary', not {weighting!r}")
+    if int(min_count) < 1:
+        raise ValueError(f"min_count must be >= 1, not {min_count}")
+    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0                                   # binary: a repeated pair counts once
+    rt = r.T.tocsr()
+    n = r.shape[1]
+    rows, cols, vals = [], [], []
+    for start in range(0, n, block_size):
+        part = (rt[start:start + block_size] @ r).tocoo()
+        pr, pc, pv = part.row.astype(np.int64), part.col.astype(np.int64), part.data
+        keep = (pc != pr + start) & (pv >= min_count)
+        pr, pc, pv = pr[keep], pc[keep], pv[keep]
+        top = _top_k_per_row(pr, pc, pv, int(k))
+        rows.append(pr[top] + start)
+        cols.append(pc[top])
+        vals.append(pv[top] if weighting == "count" else np.ones(int(top.sum()), np.float32))
+    if self_loop:
+        rows.append(np.arange(n, dtype=np.int64))
+        cols.append(np.arange(n, dtype=np.int64))
+        vals.append(np.ones(n, np.float32))
+    mat = sp.csr_matrix((np.concatenate(vals).astype(np.float32),
+                         (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    mat.sort_indices()
+    return mat
+
+
+def _binary(inter: sp.spmatrix) -> sp.csr_matrix:
+    """R as a binary float32 CSR matrix (a repeated pair counts once); the caller's stays untouched."""
+    r = sp.csr_matrix(inter, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    return r
+
+
+# --- SIGREC's own sparse pieces ----------------------------------------------------------------
+class _RowsProduct(torch.autograd.Function):
+    """(A x)[rows] touching only those rows' nonzeros, for any (non-symmetric) constant A; the
+    backward is Aᵀ[:, rows] @ grad. The same values, bit for bit, as the full product followed by
+    indexing (zero rows add nothing). (utils/graph.py's ``_RowsSpMM`` is the symmetric-only
+    variant that LightGCN's batch forward uses.)"""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, a_t: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.a_t, ctx.rows = a_t, rows
+        return torch.sparse.mm(csr_rows(a, rows), x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
+        return None, None, None, torch.sparse.mm(csr_columns(ctx.a_t, ctx.rows), grad)
+
+
+class FrozenGraph:
+    """A frozen sparse matrix with its transpose, both torch CSR: ``g @ x`` and ``g.rows(r, x)``."""
+
+    def __init__(self, mat: sp.spmatrix, device: Any = "cpu") -> None:
+        mat = sp.csr_matrix(mat, dtype=np.float32)
+        self.shape = mat.shape
+        self.a = to_torch_csr(mat, device)
+        self.a_t = to_torch_csr(mat.T.tocsr(), device)
+        self.rows_only: bool | None = None  # decided on the first call of rows(), then kept
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return spmm(self.a, x, self.a_t)
+
+    def rows(self, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(A @ x)[rows] for sorted unique ``rows``, computed for those rows only; when they hold
+        most of the nonzeros (small graphs), the full product is cheaper than slicing. Both paths
+        give the same values; which one pays is decided once per graph, on the first batch (one
+        host sync then, none per step after)."""
+        if self.rows_only is None:
+            crow = self.a.crow_indices().long()
+            self.rows_only = bool((crow[rows + 1] - crow[rows]).sum() <= ROWS_MAX_SHARE * self.a.values().numel())
+        if not self.rows_only:
+            return (self @ x)[rows]
+        return _RowsProduct.apply(self.a, self.a_t, rows, x) if x.requires_grad else \
+            torch.sparse.mm(csr_rows(self.a, rows), x)
+
+
+def infuse(sem: sp.spmatrix, co: sp.spmatrix | None, beta: float, mode: str = "convex") -> sp.csr_matrix:
+    """S̄ = (1-β)Ŝ + βĈ (``convex``) or Ŝ + βĈ (``additive``), §3; both inputs already normalised."""
+    if mode not in ("convex", "additive"):
+        raise ValueError(f"infusion must be 'convex' or 'additive', not {mode!r}")
+    if co is None or beta == 0:
+        return sp.csr_matrix(sem)
+    return ((1.0 - beta) * sem + beta * co).tocsr() if mode == "convex" else (sem + beta * co).tocsr()
+
+
+def perturb(x: torch.Tensor, eps: float, mode: str = "modulus") -> torch.Tensor:
+    """Δ = ε · s_k · sign(x) ⊙ normalize(u), u ~ U(0,1)^d (§6), with s_k = ‖x_k‖ (detached) in
+    ``modulus`` mode and 1 in ``constant`` (SimGCL) mode. Returns the noise Δ, not x + Δ."""
+    x = x.detach()  # the noise carries no gradient (sign() has a zero derivative anyway)
+    u = torch.rand_like(x)
+    direction = F.normalize(u, dim=-1) * torch.sign(x)
+    if mode == "modulus":
+        direction = direction * x.norm(dim=-1, keepdim=True)
+    elif mode != "constant":
+        raise ValueError(f"perturb_mode must be 'modulus' or 'constant', not {mode!r}")
+    return eps * direction
+
+
+# --- contrastive losses (info_nce: twin of common/contrastive.py's, at its defaults) ----------
+class _Contrast(torch.autograd.Function):
+    """Fused softmax contrast on L2-normalised rows: logits = a bᵀ/τ, row k's positives are the
+    columns k + m·n (m < n_pos); loss = mean_k lse_k - mean_{k,m} logit[k, k + m·n].
+
+    Cosines are at most 1, so exp(logit - 1/τ) <= 1 needs no max-shift; the shift is fused into
+    the matmul, the exponentials are taken in place and reused as the softmax in the backward:
+    three passes over the [n, n·n_pos] buffer instead of autograd's eight or so. A side that
+    needs no gradient (a detached anchor or target) costs no backward product."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, tau: float, n_pos: int) -> torch.Tensor:
+        n = a.shape[0]
+        expo = a.new_full((n, b.shape[0]), -1.0 / tau).addmm_(a, b.t(), alpha=1.0 / tau)  # logits - 1/τ <= ~0
+        cols = torch.arange(n, device=a.device)[:, None] + n * torch.arange(n_pos, device=a.device)[None, :]
+        pos = expo.gather(1, cols)
+        expo.exp_()
+        rowsum = expo.sum(dim=1).clamp_min(torch.finfo(expo.dtype).tiny)
+        ctx.save_for_backward(a, b)
+        ctx.expo, ctx.rowsum, ctx.cols, ctx.tau, ctx.n_pos = expo, rowsum, cols, tau, n_pos
+        return rowsum.log().mean() - pos.mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        a, b = ctx.saved_tensors
+        scale = grad / (a.shape[0] * ctx.tau)
+        p = ctx.expo.mul_((scale / ctx.rowsum)[:, None])  # softmax · grad/(nτ), in place
+        p.scatter_add_(1, ctx.cols, (-scale / ctx.n_pos).expand(ctx.cols.shape).contiguous())
+        ctx.expo = ctx.rowsum = None
+        need_a, need_b = ctx.needs_input_grad[:2]  # a detached side (anchor, target) costs no product
+        return p @ b if need_a else None, p.t() @ a if need_b else None, None, None
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over rows k of -log softmax_k(cos(a_k, b_·)/τ): row k of b is a_k's positive (§6-7).
+    The same value and gradients as ``common.contrastive.info_nce(a, b, temperature)``, fused."""
+    return _Contrast.apply(F.normalize(a, dim=-1), F.normalize(b, dim=-1), temperature, 1)
+
+
+def anchor_info_nce(anchor: torch.Tensor, views: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Anchor-based InfoNCE: anchor b_k, positives s_k^m for every modality m, one shared
+    denominator over all batch entities j and all modalities m':
+    -1/(n|M|) Σ_k Σ_m [cos(b_k, s_k^m)/τ - log Σ_j Σ_m' exp(cos(b_k, s_j^m')/τ)]."""
+    s = F.normalize(torch.cat(views, dim=0), dim=-1)  # [|M| n, d], modality-major
+    return _Contrast.apply(F.normalize(anchor, dim=-1), s, temperature, len(views))
+
+
+# --- graph cache ----------------------------------------------------------------------------
+def graph_cache_key(kind: str, arrays: list[np.ndarray], params: dict) -> str:
+    """A hash of the input arrays' bytes (with shapes and dtypes) and every graph parameter."""
+    h = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{sorted(params.items())}".encode())
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{arr.shape}|{arr.dtype}".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()[:24]
+
+
+def inter_arrays(inter: sp.spmatrix) -> list[np.ndarray]:
+    """The arrays that identify a binary interaction matrix (for the cache key)."""
+    r = sp.csr_matrix(inter)
+    r.sum_duplicates()
+    r.sort_indices()
+    return [np.asarray(r.shape, np.int64), r.indptr.astype(np.int64), r.indices.astype(np.int64)]
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether the folder (or its nearest existing ancestor) may be written: the access check
+    and the write bits, so that read-only data stays untouched even for root."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return os.access(probe, os.W_OK) and bool(probe.stat().st_mode & 0o222)
+
+
+def resolve_cache_dir(config: Any) -> Path:
+    """``graph_cache_dir``, else ``<output_dir>/cache/<dataset>/`` (the harness's output folder;
+    never the data folder, which may be shared or read-only), else ~/.cache/sigrec/. The files
+    are named by content hashes, so an old cache elsewhere is never reused by mistake."""
+    explicit = config["graph_cache_dir"]
+    candidates = [Path(os.path.expanduser(str(explicit)))] if explicit else []
+    if config["output_dir"]:
+        candidates.append(Path(str(config["output_dir"])) / "cache" / str(config["dataset"] or "default"))
+    candidates.append(Path.home() / ".cache" / "sigrec")
+    for folder in candidates:
+        if not _can_write(folder):
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        return folder
+    raise OSError(f"no writable graph cache folder among {', '.join(map(str, candidates))}")
+
+
+def cached_graph(folder: Path | None, name: str, build: Any) -> sp.csr_matrix:
+    """Load ``folder/name.npz`` or build it and write it atomically (tmp file + os.replace)."""
+    if folder is None:
+        return build()
+    path = folder / f"{name}.npz"
+    if path.exists():
+        try:
+            return sp.load_npz(path).tocsr()
+        except (OSError, ValueError, KeyError) as exc:  # torn or foreign file: rebuild it
+            logging.getLogger().warning(f"ignoring unreadable graph cache {path}: {exc}")
+    mat = build()
+    tmp = folder / f"{name}.tmp{os.getpid()}.npz"
+    sp.save_npz(tmp, mat)
+    os.replace(tmp, path)
+    return mat
+
+
+def _cfg(config: Any, key: str, default: Any) -> Any:
+    """config[key], or the default when the key is missing (MMRec's Config gives None)."""
+    value = config[key]
+    return default if value is None else value

@@ -220,8 +220,11 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
     """Cosine top-k neighbours of every row (self included, as in MMRec), as a sparse N x N matrix.
 
     Rows are processed in blocks: L2-normalise, block @ feat^T, torch.topk; only the (row, col,
-    value) triplets are kept, so memory is O(block_size * N + N * k), never N x N.
-    ``weighting``: 'binary' (value 1) or 'cosine' (the similarity itself).
+    value) triplets are kept, so memory is O(block_size * N + N * k), never N x N. The row itself
+    is always among its k (forced to the top, so duplicate or all-zero feature rows cannot push it
+    out; it keeps its own cosine as its value). ``weighting``: 'binary' (value 1) or 'cosine' (the
+    similarity, clipped at 0: a negative weight has no meaning in a normalised graph; zero entries
+    are dropped). ``models/sigrec.py`` keeps a twin of this function (tests/test_graph.py pins it).
     """
     if weighting not in ("binary", "cosine"):
         raise ValueError(f"weighting must be 'binary' or 'cosine', not {weighting!r}")
@@ -229,18 +232,23 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
     x = feat.detach().float() if torch.is_tensor(feat) else torch.as_tensor(np.asarray(feat), dtype=torch.float32)
     x = torch.nn.functional.normalize(x, p=2, dim=1)
     n = x.shape[0]
-    k = min(int(k), n)
+    k = max(1, min(int(k), n))
     cols, vals = [], []
     with torch.no_grad():
         for start in range(0, n, block_size):
             sim = x[start:start + block_size] @ x.t()
+            own = torch.arange(sim.shape[0], device=sim.device)
+            self_sim = sim[own, own + start].clone()
+            sim[own, own + start] = float("inf")        # the row itself always ranks first
             top = torch.topk(sim, k, dim=1)
+            top.values[:, 0] = self_sim
             cols.append(top.indices.cpu())
             vals.append(top.values.cpu())
     col = torch.cat(cols).reshape(-1).numpy()
-    val = torch.cat(vals).reshape(-1).numpy() if weighting == "cosine" else np.ones(n * k, np.float32)
+    val = torch.cat(vals).reshape(-1).clamp_min(0.0).numpy() if weighting == "cosine" else np.ones(n * k, np.float32)
     row = np.repeat(np.arange(n), k)
     mat = sp.csr_matrix((val.astype(np.float32), (row, col)), shape=(n, n))
+    mat.eliminate_zeros()
     mat.sort_indices()
     return mat
 
@@ -334,7 +342,7 @@ def cached_knn(feat: np.ndarray | torch.Tensor, k: int, weighting: str, cache: P
     """``knn_graph`` through the disk cache, keyed by the feature bytes, k and the weighting; a
     graph without edges (all-zero features under cosine weights) is a ModelInputError."""
     arr = feat.detach().cpu().numpy() if torch.is_tensor(feat) else np.asarray(feat)
-    mat = cached_sparse(f"knn{k}-{weighting}", (arr, int(k), weighting), lambda: knn_graph(feat, k, weighting), cache)
+    mat = cached_sparse(f"knn{k}-{weighting}-v2", (arr, int(k), weighting), lambda: knn_graph(feat, k, weighting), cache)
     return require_edges(mat, what, "every feature row is zero, so no item has a positive cosine neighbour")
 
 
