@@ -354,7 +354,8 @@ def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:
     {"knn_weight": "binary"}, {"cf_weight_mode": "binary"}, {"infusion": "additive"}, {"cf_weight": 0.0},
     {"item_input": "projection"}, {"fusion": "mean"}, {"perturb_mode": "constant"}, {"anchor_mode": "direct"},
     {"anchor_detach": False}, {"align_detach": False}, {"n_mm_layers": 2}, {"n_ui_layers": 1},
-    {"cl_max_nodes": 64}])
+    {"cl_max_nodes": 64}, {"perturb_at": "output"}, {"user_semantics": "mean"}, {"cf_min_count": 2},
+    {"anchor_detach": False, "anchor_grad_scale": 0.3}])
 def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None:
     cfg, data = ml100k
     torch.manual_seed(0)
@@ -449,3 +450,100 @@ def test_graph_cache_defaults_to_the_output_folder_never_the_data(ml100k, tmp_pa
     assert model.cache_files and all(p.parent == tmp_path / "out" / "cache" / "ml100k" for p in model.cache_files)
     alone = cfg.point({"graph_cache_dir": None})  # no output folder (as inside MMRec): the user's cache
     assert resolve_cache_dir(alone) == tmp_path / "home" / ".cache" / "sigrec"
+
+
+# --- switches beyond the spec (the study's variants) -----------------------------------------
+def test_alignment_warmup_ramps_up_and_survives_a_resume(ml100k) -> None:
+    cfg, data = ml100k
+    batch = next(iter(data.train))
+    assert "epochs_trained" not in SIGREC(cfg, data.train).state_dict()  # default checkpoints unchanged
+    torch.manual_seed(0)
+    model = SIGREC(cfg.point({"align_warmup_epochs": 4}), data.train)
+    model.pre_epoch_processing()  # epoch 0: alignment off
+    losses = model.calculate_loss(batch)
+    assert losses[0].item() > 0 and losses[1].item() > 0
+    assert losses[2].item() == 0 and losses[3].item() == 0
+    model.pre_epoch_processing()
+    model.pre_epoch_processing()  # epoch 2 of 4: half the weights
+    assert model.align_scale == 0.5
+    torch.manual_seed(3)
+    half = model.calculate_loss(batch)
+    resumed = SIGREC(cfg.point({"align_warmup_epochs": 4}), data.train)
+    resumed.load_state_dict(model.state_dict())
+    resumed.pre_epoch_processing()  # epoch 3 of 4
+    assert resumed.align_scale == 0.75
+    for _ in range(3):
+        resumed.pre_epoch_processing()
+    assert resumed.align_scale == 1.0  # and it stays there
+    torch.manual_seed(3)
+    full = resumed.calculate_loss(batch)
+    # the same parameters, so the scaled terms differ by the scale alone
+    assert half[2].item() == pytest.approx(0.5 * full[2].item(), rel=1e-6)
+    assert half[3].item() == pytest.approx(0.5 * full[3].item(), rel=1e-6)
+
+
+def test_anchor_grad_scale_scales_only_the_anchors_gradient(ml100k) -> None:
+    """Without anchor_detach, the anchor loss reaches the user embeddings through B only (the
+    anchors): their gradient scales with anchor_grad_scale, and the loss value does not move."""
+    cfg, data = ml100k
+    batch = next(iter(data.train))
+    point = cfg.point({"cl_weight": 0.0, "align_weight": 0.0, "anchor_weight": 0.1, "anchor_detach": False})
+    results = {}
+    for scale in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        model = SIGREC(point.point({"anchor_grad_scale": scale}), data.train)
+        loss = model.calculate_loss(batch)[2]
+        loss.backward()
+        results[scale] = (loss.item(), model.user_embedding.weight.grad.clone(), model.proj["v"].weight.grad.clone())
+    assert results[1.0][0] == results[0.25][0] == results[0.0][0]
+    torch.testing.assert_close(results[0.25][1], 0.25 * results[1.0][1], rtol=1e-5, atol=1e-9)
+    assert torch.count_nonzero(results[0.0][1]) == 0  # scale 0 is a detached anchor
+    torch.testing.assert_close(results[0.25][2], results[1.0][2])  # the semantic side is untouched
+
+
+def test_noise_at_the_output_has_the_modulus_of_each_row(ml100k) -> None:
+    """perturb_at output: one perturbation of S^m itself, so every row's offset has norm ε·‖row‖
+    (the spec's per-step noise adds the propagated item noise to the users' offsets)."""
+    cfg, data = ml100k
+    users = torch.tensor([0, 5, 17])
+    norms = {}
+    for place in ("output", "every_step"):
+        torch.manual_seed(0)
+        model = SIGREC(cfg.point({"perturb_at": place, "perturb_eps": 0.2}), data.train)
+        with torch.no_grad():
+            sem, states = model.semantic("t", model.item_inputs()["t"], users)
+            e = model.noise_offsets("t", sem, states, users=users)
+        assert e.shape == (2, users.numel() + model.n_items, sem.shape[1])
+        norms[place] = (e.norm(dim=-1), 0.2 * sem.norm(dim=-1))
+        assert not torch.equal(e[0], e[1])  # two independent views
+    got, expect = norms["output"]
+    torch.testing.assert_close(got, expect.expand_as(got), rtol=1e-4, atol=1e-7)
+    got, expect = norms["every_step"]
+    assert not torch.allclose(got[:, :users.numel()], expect[:users.numel()].expand(2, -1), rtol=1e-3)
+
+
+def test_user_semantics_mean_averages_the_users_items(ml100k) -> None:
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg.point({"user_semantics": "mean"}), data.train)
+    inter = sp.csr_matrix(data.train.inter_matrix(form="coo"), dtype=np.float32)
+    inter.data[:] = 1.0
+    with torch.no_grad():
+        sem, states = model.semantic("v", model.item_inputs()["v"])
+    items = states[-1].numpy()
+    counts = np.asarray(inter.sum(axis=1)).ravel()
+    expect = (inter @ items) / np.maximum(counts, 1)[:, None]
+    np.testing.assert_allclose(sem[:model.n_users].numpy(), expect, rtol=1e-4, atol=1e-6)
+
+
+def test_cf_min_count_keeps_pairs_with_enough_shared_users(ml100k) -> None:
+    cfg, data = ml100k
+    inter = sp.csr_matrix(data.train.inter_matrix(form="coo"), dtype=np.float32)
+    inter.data[:] = 1.0
+    shared = (inter.T @ inter).toarray()
+    graphs = {}
+    for n in (1, 3):
+        model = SIGREC(cfg.point({"cf_min_count": n}), data.train)
+        graphs[n] = model.co_graph.tocoo()
+        assert (shared[graphs[n].row, graphs[n].col] >= n).all()
+    assert graphs[3].nnz < graphs[1].nnz

@@ -22,8 +22,14 @@ Our design choices (each has a config switch; defaults first):
   * item input: ID embedding gated by the modality (MGCN) | plain projection  ``item_input``
   * fusion: behaviour-driven gates | plain mean                               ``fusion``
   * noise: modulus-scaled | constant (SimGCL)                                 ``perturb_mode``
+  * noise placement: after every propagation step (spec) | on the output S^m  ``perturb_at``
+  * user semantics: R̃ s_i with R̃ the user->item block of Â (spec) | the      ``user_semantics``
+    mean of the user's items, D_u^-1 R s_i
   * anchor loss: anchor InfoNCE | direct InfoNCE(s^v, s^t)                    ``anchor_mode``
   * gradient into the anchors stopped (True) or not                           ``anchor_detach``
+    (with False, two stabilisers beyond the spec: the anchors' gradient     ``anchor_grad_scale``
+    scaled by a factor, and both alignment weights ramped up from 0       ``align_warmup_epochs``
+    over the first epochs)
   * no gradient from the fusion alignment into B, neither as its target nor   ``align_detach``
     through the fusion gate σ(W_g B) inside Z (True), or both paths open (False)
     (with False, L_align drowned BPR on ml100k: valid Recall@20 fell from 0.07 to 0.03 over
@@ -31,8 +37,7 @@ Our design choices (each has a config switch; defaults first):
   * modalities: both | image | text                                           ``modalities``
   * contrastive sets: all unique batch users / positive items (spec) | a random
     subset of at most N of each, a speed switch beyond the spec             ``cl_max_nodes``
-  * behaviour encoder LightGCN, user semantics = user->item block of Â times item semantics,
-    final representation F = B + Z, BPR with one uniform negative.
+  * behaviour encoder LightGCN, final representation F = B + Z, BPR with one uniform negative.
 
 Implementation notes: the two perturbed views are computed as the clean branch plus a
 gradient-free noise offset (exactly equal, since propagation is linear and the noise carries no
@@ -90,12 +95,14 @@ class SIGREC(GeneralRecommender):
                "cf_weight_mode": ("count", "binary"), "infusion": ("convex", "additive"),
                "item_input": ("gated", "projection"), "fusion": ("gate", "mean"),
                "perturb_mode": ("modulus", "constant"), "anchor_mode": ("anchor", "direct"),
-               "anchor_detach": (True, False), "align_detach": (True, False)}
+               "anchor_detach": (True, False), "align_detach": (True, False),
+               "perturb_at": ("every_step", "output"), "user_semantics": ("sym", "mean")}
     ranges = {"n_ui_layers": (int, ">= 0"), "n_mm_layers": (int, ">= 1"), "reg_weight": (float, ">= 0"),
               "knn_k": (int, ">= 1"), "cf_topk": (int, ">= 1"), "cf_min_count": (int, ">= 1"),
               "cf_weight": (float, ">= 0"), "graph_block_size": (int, ">= 1"), "perturb_eps": (float, ">= 0"),
               "cl_weight": (float, ">= 0"), "temperature": (float, "> 0"), "cl_max_nodes": (int, ">= 0"),
-              "anchor_weight": (float, ">= 0"), "align_weight": (float, ">= 0")}
+              "anchor_weight": (float, ">= 0"), "align_weight": (float, ">= 0"),
+              "anchor_grad_scale": (float, ">= 0"), "align_warmup_epochs": (int, ">= 0")}
     # [harness] the terms calculate_loss returns, named once in the log (train_loss1, ...)
     loss_names = ("BPR + reg", "perturbation InfoNCE", "anchor alignment", "fusion alignment")
 
@@ -117,7 +124,13 @@ class SIGREC(GeneralRecommender):
         self.cl_max_nodes = int(_cfg(config, "cl_max_nodes", 0))
         self.item_input = str(_cfg(config, "item_input", "gated"))
         self.fusion = str(_cfg(config, "fusion", "gate"))
+        self.perturb_at = str(_cfg(config, "perturb_at", "every_step"))
+        self.user_semantics = str(_cfg(config, "user_semantics", "sym"))
+        self.anchor_grad_scale = float(_cfg(config, "anchor_grad_scale", 1.0))
+        self.align_warmup_epochs = int(_cfg(config, "align_warmup_epochs", 0))
         for key, value, allowed in (("perturb_mode", self.perturb_mode, ("modulus", "constant")),
+                                    ("perturb_at", self.perturb_at, ("every_step", "output")),
+                                    ("user_semantics", self.user_semantics, ("sym", "mean")),
                                     ("anchor_mode", self.anchor_mode, ("anchor", "direct")),
                                     ("item_input", self.item_input, ("gated", "projection")),
                                     ("fusion", self.fusion, ("gate", "mean"))):
@@ -133,7 +146,8 @@ class SIGREC(GeneralRecommender):
         inter = _binary(dataloader.inter_matrix(form="coo"))
         adj = sym_normalize(bipartite_adjacency(inter))
         self.adj = FrozenGraph(adj, self.device)  # Â (§1)
-        self.user_item = FrozenGraph(adj[:self.n_users, self.n_users:], self.device)  # R̃ (§4)
+        user_item = adj[:self.n_users, self.n_users:] if self.user_semantics == "sym" else _row_mean(inter)
+        self.user_item = FrozenGraph(user_item, self.device)  # R̃ (§4), or D_u^-1 R
         self.sem_graphs = self._semantic_graphs(config, feats, inter)  # S̄^m (§2-3)
 
         # parameters
@@ -148,6 +162,10 @@ class SIGREC(GeneralRecommender):
             self.register_buffer(f"feat_{m}", f, persistent=False)
         self.bpr = BPRLoss()
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # epochs trained, for the alignment warm-up (saved with the weights only when it is used)
+        self.register_buffer("epochs_trained", torch.zeros((), dtype=torch.long),
+                             persistent=self.align_warmup_epochs > 0)
+        self.align_scale = 1.0 if self.align_warmup_epochs == 0 else 0.0
         self.apply(xavier_uniform_initialization)
 
     # --- set-up --------------------------------------------------------------------------
@@ -262,9 +280,15 @@ class SIGREC(GeneralRecommender):
 
         The noise carries no gradient (its modulus is detached and sign() has zero derivative), and
         propagation is linear, so the noisy branch is the clean branch plus a gradient-free offset:
-        e_l = S̄ e_{l-1} + Δ(s_l + S̄ e_{l-1}), e_u = R̃ e_L + Δ(u + R̃ e_L)."""
+        e_l = S̄ e_{l-1} + Δ(s_l + S̄ e_{l-1}), e_u = R̃ e_L + Δ(u + R̃ e_L).
+        ``perturb_at: output`` perturbs the outputs only: e_i = Δ(s_L), e_u = Δ(u)."""
         with torch.no_grad():
             n, d = self.n_items, sem.shape[1]
+            if self.perturb_at == "output":
+                rows = self.n_users if users is None else users.numel()
+                items = perturb(states[-1].detach().expand(views, n, d), self.eps, self.perturb_mode)
+                user_part = perturb(sem[:rows].detach().expand(views, rows, d), self.eps, self.perturb_mode)
+                return torch.cat([user_part, items], dim=1)
             e = None
             for clean in states:
                 prop = torch.zeros(views, n, d, device=sem.device) if e is None else \
@@ -298,16 +322,24 @@ class SIGREC(GeneralRecommender):
         self._cache = None  # scores use representations computed once per evaluation
         return super().train(mode)
 
+    def pre_epoch_processing(self) -> None:
+        """The alignment warm-up: λ_a and λ_f are scaled by min(1, e / align_warmup_epochs) in
+        epoch e (0-based; one host read per epoch). The count is saved with the weights."""
+        if self.align_warmup_epochs > 0:
+            self.align_scale = min(1.0, int(self.epochs_trained) / self.align_warmup_epochs)
+            self.epochs_trained += 1
+
     # --- the objective (§8) ------------------------------------------------------------------
     def calculate_loss(self, interaction: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """L = [L_BPR + λ_reg L_reg] + λ_p L_pert + λ_a L_anchor + λ_f L_align; a term whose weight
-        is 0 is not computed. Every term reads the batch's rows only (``batch_rows``)."""
+        is 0 is not computed; ``align_warmup_epochs`` ramps λ_a and λ_f up from 0 (beyond the spec).
+        Every term reads the batch's rows only (``batch_rows``)."""
         batch = self.encode(self.batch_rows(interaction))
         zero = batch.b.new_zeros(())
         return (self.bpr_loss(batch) + self.reg_weight * self.reg_loss(batch),
                 self.cl_weight * self.perturbation_loss(batch) if self.cl_weight > 0 else zero,
-                self.anchor_weight * self.anchor_loss(batch) if self.anchor_weight > 0 else zero,
-                self.align_weight * self.align_loss(batch) if self.align_weight > 0 else zero)
+                self.align_scale * self.anchor_weight * self.anchor_loss(batch) if self.anchor_weight > 0 else zero,
+                self.align_scale * self.align_weight * self.align_loss(batch) if self.align_weight > 0 else zero)
 
     def bpr_loss(self, batch: BatchRows) -> torch.Tensor:
         """L_BPR = -mean log σ(F_u·F_p - F_u·F_n), F = B + Z, one uniform negative (§8)."""
@@ -336,14 +368,14 @@ class SIGREC(GeneralRecommender):
         s_k^m for every modality, one shared denominator over all entities and modalities:
         -1/(n|M|) Σ_k Σ_m log[exp(cos(b_k, s_k^m)/τ) / Σ_j Σ_m' exp(cos(b_k, s_j^m')/τ)].
         ``anchor_mode: direct`` is the ablation InfoNCE(s^v, s^t); ``anchor_detach`` stops the
-        gradient into the anchors."""
+        gradient into the anchors; without it, ``anchor_grad_scale`` scales that gradient."""
         loss = batch.b.new_zeros(())
         for at in (batch.at_users, batch.at_items):
             views = [batch.sem[m][at] for m in self.modal_names]
             if self.anchor_mode == "direct":
                 loss = loss + (info_nce(views[0], views[1], self.tau) if len(views) > 1 else batch.b.new_zeros(()))
                 continue
-            anchor = batch.b[at].detach() if self.anchor_detach else batch.b[at]
+            anchor = batch.b[at].detach() if self.anchor_detach else _scale_grad(batch.b[at], self.anchor_grad_scale)
             loss = loss + anchor_info_nce(anchor, views, self.tau)
         return loss
 
@@ -612,6 +644,23 @@ def _binary(inter: sp.spmatrix) -> sp.csr_matrix:
     r.sum_duplicates()
     r.data[:] = 1.0
     return r
+
+
+def _row_mean(inter: sp.spmatrix) -> sp.csr_matrix:
+    """D_u^-1 R: each user's row averages its items (an empty row stays zero)."""
+    r = sp.csr_matrix(inter, dtype=np.float32)
+    deg = np.asarray(r.sum(axis=1)).ravel()
+    inv = np.zeros_like(deg)
+    np.divide(1.0, deg, out=inv, where=deg > 0)
+    return (sp.diags(inv.astype(np.float32)) @ r).tocsr()
+
+
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x in the forward (bit for bit); its gradient multiplied by ``scale`` in the backward."""
+    if scale == 1.0:
+        return x
+    frozen = x.detach()
+    return frozen + scale * (x - frozen)
 
 
 # --- SIGREC's own sparse pieces ----------------------------------------------------------------
