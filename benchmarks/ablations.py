@@ -1,8 +1,15 @@
 """SIGREC's ablation table at one grid point: each variant changes one switch (spec section 9).
-With ``--set choices``, the alternatives of the spec's design choices ([choice]) instead.
+With ``--set choices``, the alternatives of the spec's design choices ([choice]) instead; with
+``--set study``, the variants beyond the spec that the method study tries (noise placement, user
+semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``).
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
     python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
+    python benchmarks/ablations.py -d ml100k --point ... --workers 2 --seeds 1,2,3   (mean ± std)
+
+With ``--seeds``, every variant is trained once per seed and the table gives mean ± std over
+them (use fresh seeds, not the selection seed, for a table read against test). A variant the data
+cannot run (e.g. ``--modalities image`` on a text-only dataset) is a row saying so, not a stop.
 
 Other arguments go to every ``main.py`` run (e.g. ``--epochs 2`` for a smoke test).
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +53,23 @@ CHOICES: dict[str, list[str]] = {  # the alternative of every [choice] in docs/s
     "gradient into the anchors (`--anchor_detach False`)": ["--anchor_detach", "False"],
     "direct InfoNCE(s^v, s^t) (`--anchor_mode direct`)": ["--anchor_mode", "direct"],
 }
+STUDY: dict[str, list[str]] = {  # beyond the spec: the open choices the study goes into
+    "SIGREC": [],
+    "noise on the output only (`--perturb_at output`)": ["--perturb_at", "output"],
+    "users' semantics as the mean of their items (`--user_semantics mean`)": ["--user_semantics", "mean"],
+    "co-interaction pairs with >= 2 shared users (`--cf_min_count 2`)": ["--cf_min_count", "2"],
+    "co-interaction top 5 (`--cf_topk 5`)": ["--cf_topk", "5"],
+    "co-interaction top 20 (`--cf_topk 20`)": ["--cf_topk", "20"],
+    "kNN top 5 (`--knn_k 5`)": ["--knn_k", "5"],
+    "kNN top 20 (`--knn_k 20`)": ["--knn_k", "20"],
+    "gradient into the anchors (`--anchor_detach False`)": ["--anchor_detach", "False"],
+    "anchors' gradient x0.1 (`--anchor_detach False --anchor_grad_scale 0.1`)":
+        ["--anchor_detach", "False", "--anchor_grad_scale", "0.1"],
+    "alignment warm-up, 10 epochs (`--anchor_detach False --align_warmup_epochs 10`)":
+        ["--anchor_detach", "False", "--align_warmup_epochs", "10"],
+    "both stabilisers (`--anchor_detach False --anchor_grad_scale 0.1 --align_warmup_epochs 10`)":
+        ["--anchor_detach", "False", "--anchor_grad_scale", "0.1", "--align_warmup_epochs", "10"],
+}
 SPEED_VARIANT = {"256 contrastive nodes (`--cl_max_nodes 256`, speed switch)": ["--cl_max_nodes", "256"]}
 
 
@@ -52,27 +77,52 @@ def folder_name(variant: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in variant.split("(")[0].strip()).strip("_").lower()
 
 
-def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], out: Path, device: str) -> dict:
-    """Train one variant through main.py (skipped when already finished); its last ok record."""
+def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], out: Path, device: str,
+                seeds: list[int] | None = None) -> dict:
+    """Train one variant through main.py (skipped when already finished): its ok records (one per
+    seed), or a row saying why the data cannot run it."""
     folder = out / folder_name(variant)
+    seed_args = ["--seed", "[" + ",".join(map(str, seeds)) + "]"] if seeds else []
     cmd = [sys.executable, str(ROOT / "src" / "main.py"), "-m", "SIGREC", "-d", dataset, "--device", device,
-           "--quiet", "--output", str(folder), *point, *extra]
+           "--quiet", "--output", str(folder), *point, *extra, *seed_args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = (done.stderr.strip().splitlines() or [""])[-1]
     if done.returncode != 0:
-        raise SystemExit(f"error: variant '{variant}' failed: {done.stderr.strip().splitlines()[-1:]}")
+        if last.startswith("error:"):  # the harness's one-line refusal (e.g. a missing modality)
+            return {"variant": variant, "overrides": extra, "refused": last[len("error:"):].strip()}
+        raise SystemExit(f"error: variant '{variant}' failed: {last}")
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
-    record = [r for r in records if r.get("status") == "ok"][-1]
-    return {**record, "variant": variant, "overrides": extra}
+    ok = [r for r in records if r.get("status") == "ok"]
+    if seeds:
+        by_seed = {r.get("parameters", {}).get("seed"): r for r in ok}
+        ok = [by_seed[s] for s in seeds if s in by_seed]
+    else:
+        ok = ok[-1:]
+    return {**ok[-1], "variant": variant, "overrides": extra, "runs": ok}
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | epochs (best) | valid R@20 | test R@10 | R@20 | N@10 | N@20 |",
-             "|---|---|---|---|---|---|---|"]
+    n = max(len(r.get("runs", [])) for r in rows)
+    head = "| variant | epochs (best) | valid R@20 | test R@10 | R@20 | N@10 | N@20 |"
+    if n > 1:
+        head = head.replace("| variant |", f"| variant (mean ± std over {n} seeds) |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
-        v, t = r["valid"], r["test"]
-        lines.append(f"| {r['variant']} | {r['epochs_run']} ({r['best_epoch']}) | {v['recall@20']:.4f} | "
-                     f"{t['recall@10']:.4f} | {t['recall@20']:.4f} | {t['ndcg@10']:.4f} | {t['ndcg@20']:.4f} |")
+        if "refused" in r:
+            lines.append(f"| {r['variant']} | n/a: {r['refused']} | | | | | |")
+            continue
+        runs = r["runs"]
+        epochs = f"{statistics.mean(x['epochs_run'] for x in runs):.0f} ({statistics.mean(x['best_epoch'] for x in runs):.0f})"
+        cells = [_cell([x["valid"]["recall@20"] for x in runs])] + \
+            [_cell([x["test"][m] for x in runs]) for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
+        lines.append(f"| {r['variant']} | {epochs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -83,8 +133,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="variants trained at once (one thread each)")
     p.add_argument("--output", default=str(ROOT / "outputs" / "ablation"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--set", choices=["ablations", "choices"], default="ablations",
-                   help="the ablations of spec section 9, or the alternatives of its design choices")
+    p.add_argument("--set", choices=["ablations", "choices", "study"], default="ablations",
+                   help="the ablations of spec section 9, the alternatives of its design choices, or the "
+                        "study's variants beyond the spec")
+    p.add_argument("--seeds", default="", help="comma-separated seeds: each variant once per seed, mean ± std")
     p.add_argument("--speed-variant", action="store_true", help="also run SIGREC with --cl_max_nodes 256")
     args, passthrough = p.parse_known_args()  # anything else goes to main.py (e.g. --epochs 2)
     try:
@@ -92,19 +144,30 @@ def main() -> None:
         point = [tok for key, value in pairs for tok in (f"--{key}", value)] + passthrough
     except ValueError:
         raise SystemExit(f"error: --point must look like key=value,key=value, not '{args.point}'") from None
-    variants = CHOICES if args.set == "choices" else {**VARIANTS, **(SPEED_VARIANT if args.speed_variant else {})}
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --seeds must be whole numbers separated by commas, not '{args.seeds}'") from None
+    variants = {"choices": CHOICES, "study": STUDY}.get(args.set) or \
+        {**VARIANTS, **(SPEED_VARIANT if args.speed_variant else {})}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        rows = list(pool.map(lambda kv: run_variant(args.dataset, point, kv[0], kv[1], out, args.device),
+        rows = list(pool.map(lambda kv: run_variant(args.dataset, point, kv[0], kv[1], out, args.device, seeds),
                              variants.items()))
     rows[0]["variant"] = "SIGREC (" + ", ".join(f"{k} {v}" for k, v in pairs) + ")"
     text = table(rows)
-    table_name, records_name = ("choices.md", "choices.jsonl") if args.set == "choices" else ("ablation.md", "results.jsonl")
+    table_name, records_name = {"choices": ("choices.md", "choices.jsonl"), "study": ("study.md", "study.jsonl")}.get(
+        args.set, ("ablation.md", "results.jsonl"))
+    if seeds:  # a seed-averaged table beside the one-seed tables
+        stem = "-seeds" + "_".join(map(str, seeds))
+        table_name, records_name = (table_name.replace(".md", f"{stem}.md"), records_name.replace(".jsonl", f"{stem}.jsonl"))
     (out / table_name).write_text(text + "\n", encoding="utf-8")
     with open(out / records_name, "w", encoding="utf-8") as fh:
         for r in rows:
-            fh.write(json.dumps({k: v for k, v in r.items() if k != "history"}) + "\n")
+            for run in r.get("runs") or [r]:  # one line per trained run (or the refusal)
+                fh.write(json.dumps({**{k: v for k, v in run.items() if k not in ("history", "runs")},
+                                     "variant": r["variant"], "overrides": r["overrides"]}) + "\n")
     print(text)
 
 

@@ -96,7 +96,7 @@ def test_the_ablation_and_design_choice_switches_pass():
     spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
     ablations = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablations)
-    variants = {**ablations.VARIANTS, **ablations.CHOICES, **ablations.SPEED_VARIANT}
+    variants = {**ablations.VARIANTS, **ablations.CHOICES, **ablations.STUDY, **ablations.SPEED_VARIANT}
     for args in variants.values():
         overrides = main.parse_overrides(args)
         Config("SIGREC", "ml100k", {"perturb_eps": 0.2, "cl_weight": 0.01, **overrides})

@@ -1,0 +1,64 @@
+"""benchmarks/ablations.py: seed-averaged rows, refusals as rows, records per run (no training)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture()
+def ablations():
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(seed: int, r20: float) -> dict:
+    metrics = {"recall@10": r20 / 2, "recall@20": r20, "ndcg@10": r20 / 3, "ndcg@20": r20 / 2.5}
+    return {"status": "ok", "parameters": {"seed": seed}, "epochs_run": 10 + seed, "best_epoch": 5 + seed,
+            "valid": dict(metrics), "test": dict(metrics), "history": [{"epoch": 0}]}
+
+
+def test_seeds_give_mean_and_std_and_a_refusal_is_a_row(ablations, tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        folder = tmp_path / "out" / ablations.folder_name(
+            "image only" if "--modalities" in cmd else "SIGREC")
+        if "--modalities" in cmd:  # the harness refuses the data with one line
+            return SimpleNamespace(returncode=1, stderr="warming up\nerror: SIGREC needs item features, but no image")
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [_record(s, 0.30 + 0.01 * s) for s in (1, 2, 3)] + [{"status": "failed", "parameters": {"seed": 4}}]
+        (folder / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        return SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    out = tmp_path / "out"
+    row = ablations.run_variant("sports", [], "SIGREC", [], out, "cpu", seeds=[1, 2, 3])
+    assert [r["parameters"]["seed"] for r in row["runs"]] == [1, 2, 3]
+    assert calls[0][-2:] == ["--seed", "[1,2,3]"]
+    refused = ablations.run_variant("sports", [], "image only (`--modalities image`)", ["--modalities", "image"],
+                                    out, "cpu", seeds=[1, 2, 3])
+    assert refused["refused"].startswith("SIGREC needs item features")
+    text = ablations.table([row, refused])
+    assert "mean ± std over 3 seeds" in text
+    assert "| 0.3200 ± 0.0100 |" in text          # valid R@20 over seeds 1-3: 0.31, 0.32, 0.33
+    assert "n/a: SIGREC needs item features" in text
+
+
+def test_a_crash_that_is_not_a_refusal_stops_the_table(ablations, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=1, stderr="Traceback ...\nKeyError: 'x'"))
+    with pytest.raises(SystemExit, match="failed"):
+        ablations.run_variant("ml100k", [], "SIGREC", [], tmp_path, "cpu")
+
+
+def test_one_seed_keeps_the_plain_table(ablations) -> None:
+    text = ablations.table([{**_record(999, 0.35), "variant": "SIGREC", "runs": [_record(999, 0.35)]}])
+    assert "±" not in text and "| 0.3500 |" in text
