@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The SIGREC method study (validation selects; test is only reported), in resumable phases: a
+# rerun of a phase skips every finished point, so the study can be continued in later sittings.
+#
+#   bash benchmarks/sigrec_study.sh PHASE
+#
+# ml100k (both modalities), records under results/ml100k/study/:
+#   bracket        TPE over the widened weights (0 and values below and above the old grid's
+#                  0.01 and 0.1), perturb_eps and temperature; 48 trials, median pruning, two
+#                  workers of one thread each (~3-4 min a point on a quiet machine: ~1.5 h)
+#   choices        every [choice] alternative and every variant beyond the spec at the bracketed
+#                  best point (one run each at the selection seed; ~25 runs, ~1 h)
+# Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
+#   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, median pruning
+#                     (FREEDOM and VBPR use the one text modality, as MMRec's code does)
+#   sports-search     SIGREC: 8 TPE trials around ml100k's optimum, median pruning (~1 h a point
+#                     on 2 cores: ~5-8 h); edit its lists to centre them on the bracket's result
+#   sports-choices    the choices and the study's variants at the Sports best point, one run each
+#   check          write the ml100k search space and print its size (trains nothing)
+# After the defaults in SIGREC.yaml are set from both studies' validation figures:
+#   final          the comparison with fresh seeds (ml100k 5, Sports 3) and the ablations (ml100k:
+#                  3 fresh seeds; Sports: one seed per variant)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh bracket|choices|sports-baselines|sports-search|sports-choices|final}"
+ML="results/ml100k/study"
+SP="results/sports"
+SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
+KEEP=(--save_model False --quiet)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
+# The search space: SIGREC.yaml (the one source of every other value) with the study's lists and
+# temperature added to hyper_parameters, written to OUT/config/model/SIGREC.yaml for --config_dir.
+space() {  # OUT, then key=list pairs
+  local out="$1"; shift
+  python - "$out" "$@" <<'EOF'
+import sys
+from pathlib import Path
+import yaml
+out, pairs = Path(sys.argv[1]) / "config" / "model", sys.argv[2:]
+cfg = yaml.safe_load(Path("src/configs/model/SIGREC.yaml").read_text())
+for pair in pairs:
+    key, value = pair.split("=", 1)
+    cfg[key] = yaml.safe_load(value)
+    if key not in cfg["hyper_parameters"]:
+        cfg["hyper_parameters"].append(key)
+out.mkdir(parents=True, exist_ok=True)
+(out / "SIGREC.yaml").write_text("# written by benchmarks/sigrec_study.sh: SIGREC.yaml with the study's search space\n"
+                                 + yaml.safe_dump(cfg, sort_keys=False))
+EOF
+}
+
+best_point() {  # the validation-best ok record of OUT/results.jsonl as key=value,... (seed left out)
+  python - "$1" <<'EOF'
+import json, sys
+records = [json.loads(l) for l in open(f"{sys.argv[1]}/results.jsonl") if l.strip()]
+ok = [r for r in records if r.get("status") == "ok" and r.get("model") == "SIGREC"]
+best = max(ok, key=lambda r: (r["valid"]["recall@20"], r["valid"]["ndcg@20"]))
+print(",".join(f"{k}={v}" for k, v in best["parameters"].items() if k != "seed"))
+EOF
+}
+
+WEIGHTS="[0.0, 0.001, 0.003, 0.01, 0.03, 0.1]"
+case "$PHASE" in
+  bracket)
+    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
+    python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
+      --search tpe --trials 48 --prune median --workers 2 --threads 1
+    echo "best (validation): $(best_point "$ML")" ;;
+  choices)
+    POINT=$(best_point "$ML")
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output "$ML/variants" --set choices "${KEEP[@]}"
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output "$ML/variants" --set study "${KEEP[@]}" ;;
+  sports-baselines)
+    for m in BPR LightGCN VBPR FREEDOM; do
+      python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --prune median --threads 2
+    done ;;
+  sports-search)
+    # around ml100k's optimum: the two neighbouring values of each weight (and 0), eps and tau
+    space "$SP/study" "perturb_eps=[0.1, 0.2]" "cl_weight=[0.0, 0.003, 0.01, 0.03]" \
+      "anchor_weight=[0.0, 0.003, 0.01, 0.03]" "align_weight=[0.0, 0.003, 0.01, 0.03]" "temperature=[0.2]"
+    python src/main.py -m SIGREC "${SPORTS[@]}" --device cpu --output "$SP" --config_dir "$SP/study/config" \
+      "${KEEP[@]}" --search tpe --trials 8 --prune median --threads 2
+    echo "best (validation): $(best_point "$SP")" ;;
+  sports-choices)
+    POINT=$(best_point "$SP")
+    for set in choices study; do
+      OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
+        --output "$SP/study/variants" --set "$set" "${KEEP[@]}"
+    done ;;
+  final)
+    MODELS="SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR"
+    python src/main.py -m "$MODELS" -d ml100k --device cpu --output results/ml100k "${KEEP[@]}" --seeds 999,1,2,3,4,5
+    POINT=$(python - <<'EOF'
+import json
+summary = json.load(open("results/ml100k/comparison/ml100k-SIGREC_FREEDOM_MGCN_LGMRec_LightGCN_VBPR_BPR/comparison.json"))
+print(",".join(f"{k}={v}" for k, v in summary["models"]["SIGREC"]["best_parameters"].items() if k != "seed"))
+EOF
+)
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output results/ml100k/ablation --seeds 1,2,3 "${KEEP[@]}"
+    # Sports: SIGREC at the point sports-search selected on validation (its grid there costs a day),
+    # written as a one-point SIGREC.yaml; the baselines over their own grids (sports-baselines)
+    POINT=$(best_point "$SP")
+    space "$SP/final" $(echo "$POINT" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
+    python src/main.py -m SIGREC,FREEDOM,VBPR,LightGCN,BPR "${SPORTS[@]}" --device cpu --output "$SP" \
+      --config_dir "$SP/final/config" "${KEEP[@]}" --seeds 999,1,2,3 --threads 2
+    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
+  check)  # write the ml100k search space and print its size; trains nothing
+    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
+    python - "$ML/config" <<'EOF'
+import math, sys
+sys.path.insert(0, "src")
+from utils.configurator import Config
+cfg = Config("SIGREC", "ml100k", extra_config_dir=sys.argv[1])
+sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
+print(f"search space: {sizes} = {math.prod(sizes.values())} points")
+EOF
+    ;;
+  *) echo "error: unknown phase '$PHASE' (bracket, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+esac
