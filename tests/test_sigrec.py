@@ -348,6 +348,10 @@ def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:
     r_lgn = train_point(lgn, data, tmp_path / "lgn")
     assert r_sig["status"] == r_lgn["status"] == "ok"
     assert r_sig["test"]["recall@20"] > r_lgn["test"]["recall@20"], (r_sig["test"], r_lgn["test"])
+    terms = [h["loss_terms"] for h in r_sig["history"]]  # each weighted term, per epoch
+    assert all(len(t) == len(SIGREC.loss_names) for t in terms)
+    assert all(h["loss"] == pytest.approx(sum(h["loss_terms"])) for h in r_sig["history"])
+    assert "loss_terms" not in r_lgn["history"][0]  # one-term models keep the plain record
 
 
 @pytest.mark.parametrize("switch", [

@@ -252,6 +252,8 @@ class Trainer:
             loss, train_time = self.run_epoch(train_data, epoch)
             record = {"epoch": epoch, "loss": sum(loss) if isinstance(loss, tuple) else loss,
                       "train_seconds": train_time}
+            if isinstance(loss, tuple):  # each weighted term (loss_names), for reading a study
+                record["loss_terms"] = list(loss)
             self.logger.info(f"epoch {epoch} training [time: {train_time:.2f}s, {self._loss_text(loss)}]")
             note = self.model.post_epoch_processing()
             if note:
