@@ -30,7 +30,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
+REFUSED = 3  # main.py's exit status when the model refuses the data (ModelInputError)
 VARIANTS: dict[str, list[str]] = {
     "SIGREC": [],
     "no infusion (`--cf_weight 0`)": ["--cf_weight", "0"],
@@ -88,12 +91,16 @@ def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], 
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = (done.stderr.strip().splitlines() or [""])[-1]
+    if done.returncode == REFUSED:  # main.py: the model refuses this data (e.g. a missing modality)
+        return {"variant": variant, "overrides": extra, "refused": last.removeprefix("error:").strip()}
     if done.returncode != 0:
-        if last.startswith("error:"):  # the harness's one-line refusal (e.g. a missing modality)
-            return {"variant": variant, "overrides": extra, "refused": last[len("error:"):].strip()}
         raise SystemExit(f"error: variant '{variant}' failed: {last}")
     records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
-    ok = [r for r in records if r.get("status") == "ok"]
+    wanted = _grid_values(point + extra)
+    ok = [r for r in records if r.get("status") == "ok" and r.get("dataset", dataset) == dataset
+          and all(_same(r.get("parameters", {}).get(k, v), v) for k, v in wanted.items())]
+    if not ok:
+        raise SystemExit(f"error: variant '{variant}' left no finished run for this point in {folder}")
     if seeds:
         by_seed = {r.get("parameters", {}).get("seed"): r for r in ok}
         ok = [by_seed[s] for s in seeds if s in by_seed]
@@ -102,10 +109,30 @@ def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], 
     return {**ok[-1], "variant": variant, "overrides": extra, "runs": ok}
 
 
-def _cell(values: list[float]) -> str:
+def _grid_values(args: list[str]) -> dict[str, object]:
+    """The values of ``--key value`` pairs, read as YAML (as main.py reads them)."""
+    values, i = {}, 0
+    while i < len(args):
+        if args[i].startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            values[args[i][2:]] = yaml.safe_load(args[i + 1])
+            i += 2
+        else:  # a flag such as --quiet
+            i += 1
+    return values
+
+
+def _same(a: object, b: object) -> bool:
+    """A record's parameter against the asked value (0 and 0.0 alike)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _cell(values: list[float], n: int) -> str:
+    short = f" (n={len(values)})" if len(values) < n else ""  # a seed that failed is said, not hidden
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.4f}{short}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}{short}"
 
 
 def table(rows: list[dict]) -> str:
@@ -120,8 +147,8 @@ def table(rows: list[dict]) -> str:
             continue
         runs = r["runs"]
         epochs = f"{statistics.mean(x['epochs_run'] for x in runs):.0f} ({statistics.mean(x['best_epoch'] for x in runs):.0f})"
-        cells = [_cell([x["valid"]["recall@20"] for x in runs])] + \
-            [_cell([x["test"][m] for x in runs]) for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
+        cells = [_cell([x["valid"]["recall@20"] for x in runs], n)] + \
+            [_cell([x["test"][m] for x in runs], n) for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")]
         lines.append(f"| {r['variant']} | {epochs} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -36,8 +36,8 @@ case "$PHASE" in
     run -m EASE "${SPORTS[@]}" --output "$OUT" --threads 2
     run -m EASE "${SPORTS[@]}" --output "$OUT/ease_text" --reg_weight "[400, 800, 1500]" \
       --text_weight "[0, 0.3, 0.5, 0.7]" --threads 2
-    run -m BM3 "${SPORTS[@]}" --output "$OUT" --prune median --threads 2
-    run -m DRAGON "${SPORTS[@]}" --output "$OUT" --prune median --threads 2
+    run -m BM3 "${SPORTS[@]}" --output "$OUT" --threads 2
+    run -m DRAGON "${SPORTS[@]}" --output "$OUT" --threads 2
     for m in SMORE MSCA; do  # one line each: they need both modalities
       run -m "$m" "${SPORTS[@]}" --output "$OUT" 2>&1 | tail -n 1 || true
     done ;;

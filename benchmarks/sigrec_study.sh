@@ -11,10 +11,12 @@
 #   choices        every [choice] alternative and every variant beyond the spec at the bracketed
 #                  best point (one run each at the selection seed; ~25 runs, ~1 h)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
-#   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, median pruning
-#                     (FREEDOM and VBPR use the one text modality, as MMRec's code does)
-#   sports-search     SIGREC: 8 TPE trials around ml100k's optimum, median pruning (~1 h a point
-#                     on 2 cores: ~5-8 h); edit its lists to centre them on the bracket's result
+#   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, unpruned (the final
+#                     comparison selects over the same grids and reuses every record; a pruned
+#                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
+#   sports-search     SIGREC: 8 trials around ml100k's optimum (random: TPE's first 10 trials are),
+#                     median pruning (~1 h a point on 2 cores: ~5-8 h); edit its lists to centre
+#                     them on the bracket's result
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
 #   check          write the ml100k search space and print its size (trains nothing)
 # After the defaults in SIGREC.yaml are set from both studies' validation figures:
@@ -22,7 +24,7 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh bracket|choices|sports-baselines|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh check|bracket|choices|sports-baselines|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
@@ -74,7 +76,7 @@ case "$PHASE" in
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output "$ML/variants" --set study "${KEEP[@]}" ;;
   sports-baselines)
     for m in BPR LightGCN VBPR FREEDOM; do
-      python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --prune median --threads 2
+      python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads 2
     done ;;
   sports-search)
     # around ml100k's optimum: the two neighbouring values of each weight (and 0), eps and tau
@@ -118,5 +120,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (bracket, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (check, bracket, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac

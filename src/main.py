@@ -16,7 +16,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from utils.configurator import Config, parse_value  # noqa: E402
-from utils.errors import ConfigError, HarnessError, Interrupted  # noqa: E402
+from utils.errors import ConfigError, HarnessError, Interrupted, ModelInputError  # noqa: E402
 
 REPO = SRC.parent
 
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between a worker's heartbeats; a trial silent for twice that is "
                            "marked failed and retried (default 60)")
     srch.add_argument("--prune", choices=["none", "median"], default="none",
-                      help="stop hopeless trials early from per-epoch validation (default: none)")
+                      help="stop hopeless trials early from per-epoch validation: below the median of "
+                           "earlier trials at the same epoch, after 5 finished trials and 20 validations "
+                           "(default: none)")
     return p
 
 
@@ -209,10 +211,14 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the exit status: 0 done, 1 no point finished, 2 bad input,
-    130 Ctrl-C, 143 SIGTERM (finished points are kept in both)."""
+    3 the model refuses this data (e.g. a missing modality), 130 Ctrl-C, 143 SIGTERM (finished
+    points are kept in both)."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)  # SIGTERM is handled like Ctrl-C
     try:
         return run(argv)
+    except ModelInputError as exc:  # the data is fine, this model cannot use it: scripts may go on
+        report(f"error: {exc}")
+        return 3
     except HarnessError as exc:
         report(f"error: {exc}")
         return 2

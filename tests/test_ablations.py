@@ -33,7 +33,7 @@ def test_seeds_give_mean_and_std_and_a_refusal_is_a_row(ablations, tmp_path, mon
         folder = tmp_path / "out" / ablations.folder_name(
             "image only" if "--modalities" in cmd else "SIGREC")
         if "--modalities" in cmd:  # the harness refuses the data with one line
-            return SimpleNamespace(returncode=1, stderr="warming up\nerror: SIGREC needs item features, but no image")
+            return SimpleNamespace(returncode=3, stderr="warming up\nerror: SIGREC needs item features, but no image")
         folder.mkdir(parents=True, exist_ok=True)
         lines = [_record(s, 0.30 + 0.01 * s) for s in (1, 2, 3)] + [{"status": "failed", "parameters": {"seed": 4}}]
         (folder / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -62,3 +62,27 @@ def test_a_crash_that_is_not_a_refusal_stops_the_table(ablations, tmp_path, monk
 def test_one_seed_keeps_the_plain_table(ablations) -> None:
     text = ablations.table([{**_record(999, 0.35), "variant": "SIGREC", "runs": [_record(999, 0.35)]}])
     assert "±" not in text and "| 0.3500 |" in text
+
+
+def test_only_records_of_the_asked_point_count(ablations, tmp_path, monkeypatch) -> None:
+    """A folder that also holds another point's run (an earlier --point) reports the asked one."""
+    folder = tmp_path / ablations.folder_name("SIGREC")
+    folder.mkdir(parents=True)
+    mine, other = _record(999, 0.30), _record(999, 0.40)
+    mine["parameters"].update(cl_weight=0.01, anchor_weight=0.0)
+    other["parameters"].update(cl_weight=0.1, anchor_weight=0.0)
+    (folder / "results.jsonl").write_text(json.dumps(mine) + "\n" + json.dumps(other) + "\n")
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=0, stderr=""))
+    row = ablations.run_variant("ml100k", ["--cl_weight", "0.01", "--quiet"], "SIGREC", ["--anchor_weight", "0"],
+                                tmp_path, "cpu")
+    assert row["valid"]["recall@20"] == 0.30
+    with pytest.raises(SystemExit, match="no finished run"):
+        ablations.run_variant("ml100k", ["--cl_weight", "0.03"], "SIGREC", [], tmp_path, "cpu")
+
+
+def test_a_refusal_needs_the_refusal_status(ablations, tmp_path, monkeypatch) -> None:
+    """Exit 2 (bad input: a typo in --point) stops the table; only exit 3 (the model refuses the data) is a row."""
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(
+        returncode=2, stderr="error: unknown config key 'cl_wieght'"))
+    with pytest.raises(SystemExit, match="cl_wieght"):
+        ablations.run_variant("ml100k", ["--cl_wieght", "0.01"], "SIGREC", [], tmp_path, "cpu")

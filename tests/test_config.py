@@ -81,6 +81,16 @@ def test_data_path_is_resolved_from_src_whatever_the_cwd(tmp_path, monkeypatch):
     assert cfg["data_path"] == str((SRC_DIR.parent / "data").resolve()) + "/"
 
 
+def test_a_typed_data_path_is_read_from_the_current_directory(tmp_path, monkeypatch):
+    """The yaml's relative path is MMRec's (from src/); a --data_path the user types is read from
+    where it was typed, as a shell user expects (from the repository root or from src/ alike)."""
+    (tmp_path / "repo" / "src").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert Config("LightGCN", "ml100k", {"data_path": "../shared/"})["data_path"] == str(tmp_path / "shared") + "/"
+    monkeypatch.chdir(tmp_path / "repo" / "src")
+    assert Config("LightGCN", "ml100k", {"data_path": "../../shared"})["data_path"] == str(tmp_path / "shared") + "/"
+
+
 def test_point_key_ignores_later_keys_at_their_neutral_value():
     """A key added later (SIGREC's cl_max_nodes) must not orphan earlier records at its neutral
     value, and must change the key at any other value."""

@@ -138,3 +138,15 @@ def test_sigrec_refuses_an_empty_co_interaction_graph(tmp_path):
     with pytest.raises(ModelInputError, match="co-interaction graph C = RᵀR has no edges: no two items share"):
         SIGREC(cfg, data.train)
     SIGREC(cfg.point({"cf_weight": 0.0}), data.train)  # without the infusion it trains
+
+
+def test_a_model_refusing_the_data_exits_3_with_one_line(tmp_path, capsys):
+    """Bad input is 2; a model that cannot use this (valid) data, e.g. MGCN without image
+    features, is 3, so that scripts (benchmarks/ablations.py) can report it as a row and go on."""
+    _write(tmp_path, GOOD * 10, "ml100k")
+    np.save(tmp_path / "ml100k" / "text_feat.npy", np.random.default_rng(0).random((3, 4)).astype(np.float32))
+    code = main.main(["-m", "MGCN", "-d", "ml100k", "--data_path", str(tmp_path), "--output", str(tmp_path / "out"),
+                      "--device", "cpu", "--epochs", "1", "--topk", "[1]", "--valid_metric", "Recall@1"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: MGCN needs"), err

@@ -43,6 +43,15 @@ def test_knn_graph_equals_dense_topk(block_size: int) -> None:
     assert (binary.indices == mat.indices).all()
 
 
+def test_an_all_zero_feature_row_keeps_its_self_edge() -> None:
+    feat = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    feat[2] = 0.0
+    for weighting in ("binary", "cosine"):
+        mat = knn_graph(feat, 3, weighting).tocsr()
+        assert mat[2, 2] == 1.0, weighting
+        assert all(mat[i, i] > 0 for i in range(6)), weighting
+
+
 def test_knn_graph_k_larger_than_n_and_bad_weighting() -> None:
     feat = np.eye(4, dtype=np.float32)
     assert knn_graph(feat, 10, "binary").nnz == 16
@@ -324,6 +333,10 @@ def _check_knn(ours, theirs, seed: int) -> None:
 
 def _check_co_interaction(ours, theirs, seed: int) -> None:
     inter = _twin_inter(seed)
+    rng = np.random.default_rng(seed)
+    repeated = sp.csr_matrix((rng.integers(1, 4, 80).astype(np.float32),  # counts, not 0/1, and
+                              (rng.integers(0, 29, 80), rng.integers(0, 23, 80))), shape=(29, 23))  # duplicates
+    _same_csr(ours(repeated, 3, 1, False, "count", block_size=5), theirs(repeated, 3, 1, False, "count", block_size=5))
     for k in (1, 3, 50):
         for min_count in (1, 2):
             for self_loop in (False, True):

@@ -108,6 +108,22 @@ def test_joining_a_study_with_another_config_is_refused(tmp_path: Path) -> None:
         open_study(Config("BPR", "ml100k", {"epochs": 3}), args, tmp_path)
 
 
+def test_median_pruning_waits_for_trials_and_epochs(tmp_path: Path) -> None:
+    """A trial is not pruned at its first validations, nor before 5 trials have finished."""
+    args = argparse.Namespace(storage=f"sqlite:///{tmp_path}/p.db", study="p", search="grid", prune="median")
+    study = open_study(Config("BPR", "ml100k", {"epochs": 2}), args, tmp_path)
+    for score in (0.5, 0.5, 0.5, 0.5, 0.5):
+        trial = study.ask()
+        for epoch in range(30):
+            trial.report(score, epoch)
+        study.tell(trial, score)
+    late = study.ask()
+    late.report(0.01, 0)                     # far below the median, but at epoch 0
+    assert not late.should_prune()
+    late.report(0.01, 25)                    # still below, past the warm-up: pruned
+    assert late.should_prune()
+
+
 # --- the claim, in one process with fake training --------------------------------------------
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:

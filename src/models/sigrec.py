@@ -27,9 +27,10 @@ Our design choices (each has a config switch; defaults first):
     mean of the user's items, D_u^-1 R s_i
   * anchor loss: anchor InfoNCE | direct InfoNCE(s^v, s^t)                    ``anchor_mode``
   * gradient into the anchors stopped (True) or not                           ``anchor_detach``
-    (with False, two stabilisers beyond the spec: the anchors' gradient     ``anchor_grad_scale``
-    scaled by a factor, and both alignment weights ramped up from 0       ``align_warmup_epochs``
-    over the first epochs)
+    (with False, a stabiliser beyond the spec: that gradient scaled by a    ``anchor_grad_scale``
+    factor)
+  * alignment weights from the first epoch (spec) | ramped up from 0 over   ``align_warmup_epochs``
+    the first N epochs (a stabiliser beyond the spec, whatever anchor_detach)
   * no gradient from the fusion alignment into B, neither as its target nor   ``align_detach``
     through the fusion gate σ(W_g B) inside Z (True), or both paths open (False)
     (with False, L_align drowned BPR on ml100k: valid Recall@20 fell from 0.07 to 0.03 over
@@ -79,7 +80,7 @@ except ImportError:  # inside MMRec
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-CACHE_VERSION = "sigrec-graphs-v2"  # bump when a builder's output changes meaning
+CACHE_VERSION = "sigrec-graphs-v3"  # bump when a builder's output changes meaning
 ROWS_MAX_SHARE = 0.5  # rows-only products above this share of a graph's nonzeros use the full product
 
 
@@ -336,10 +337,11 @@ class SIGREC(GeneralRecommender):
         Every term reads the batch's rows only (``batch_rows``)."""
         batch = self.encode(self.batch_rows(interaction))
         zero = batch.b.new_zeros(())
+        lam_a, lam_f = self.align_scale * self.anchor_weight, self.align_scale * self.align_weight
         return (self.bpr_loss(batch) + self.reg_weight * self.reg_loss(batch),
                 self.cl_weight * self.perturbation_loss(batch) if self.cl_weight > 0 else zero,
-                self.align_scale * self.anchor_weight * self.anchor_loss(batch) if self.anchor_weight > 0 else zero,
-                self.align_scale * self.align_weight * self.align_loss(batch) if self.align_weight > 0 else zero)
+                lam_a * self.anchor_loss(batch) if lam_a > 0 else zero,
+                lam_f * self.align_loss(batch) if lam_f > 0 else zero)
 
     def bpr_loss(self, batch: BatchRows) -> torch.Tensor:
         """L_BPR = -mean log σ(F_u·F_p - F_u·F_n), F = B + Z, one uniform negative (§8)."""
@@ -531,8 +533,9 @@ def csr_rows(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     lengths = crow[rows + 1].long() - starts
     new_crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=crow.device)
     torch.cumsum(lengths, 0, out=new_crow[1:])
-    pick = torch.arange(int(new_crow[-1]), device=crow.device) + \
-        torch.repeat_interleave(starts - new_crow[:-1], lengths)
+    total = int(new_crow[-1])  # the slice's size: one host read (output_size spares a second)
+    pick = torch.arange(total, device=crow.device) + \
+        torch.repeat_interleave(starts - new_crow[:-1], lengths, output_size=total)
     return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[pick], val[pick],
                                    size=(rows.numel(), adj.shape[1]), check_invariants=False)
 
@@ -559,9 +562,9 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
     Rows are processed in blocks: L2-normalise, block @ feat^T, torch.topk; only the (row, col,
     value) triplets are kept, so memory is O(block_size * N + N * k), never N x N. The row itself
     is always among its k (forced to the top, so duplicate or all-zero feature rows cannot push it
-    out; it keeps its own cosine as its value). ``weighting``: 'binary' (value 1) or 'cosine' (the
-    similarity, clipped at 0: a negative weight has no meaning in a normalised graph; zero entries
-    are dropped).
+    out; it keeps its own cosine as its value, 1 for an all-zero row). ``weighting``: 'binary'
+    (value 1) or 'cosine' (the similarity, clipped at 0: a negative weight has no meaning in a
+    normalised graph; zero entries are dropped).
     """
     if weighting not in ("binary", "cosine"):
         raise ValueError(f"weighting must be 'binary' or 'cosine', not {weighting!r}")
@@ -578,7 +581,7 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
             self_sim = sim[own, own + start].clone()
             sim[own, own + start] = float("inf")        # the row itself always ranks first
             top = torch.topk(sim, k, dim=1)
-            top.values[:, 0] = self_sim
+            top.values[:, 0] = torch.where(self_sim > 0, self_sim, torch.ones_like(self_sim))  # a zero row: 1
             cols.append(top.indices.cpu())
             vals.append(top.values.cpu())
     col = torch.cat(cols).reshape(-1).numpy()

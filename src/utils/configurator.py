@@ -108,6 +108,12 @@ def merge(base: dict, layer: dict) -> dict:
     return out
 
 
+def _from_cwd(path: str) -> str:
+    """``path`` made absolute from the current directory (``~`` expanded), with its trailing slash."""
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (Path.cwd() / p).resolve()) + (os.sep if path.endswith(("/", os.sep)) else "")
+
+
 class Config:
     """The resolved config of one run (all grid values still as lists), checked against the
     schema (``utils.schema``) before it is returned: a bad value never reaches the data."""
@@ -148,6 +154,8 @@ class Config:
                                   f"{closest(key, self.known_keys)}")
             if key == "hyper_parameters":
                 raise ConfigError("hyper_parameters cannot be overridden; override a grid key instead")
+            if key == "data_path" and isinstance(value, str) and value:
+                value = _from_cwd(value)  # a path typed by the user is read from where it was typed
             merged[key] = value
             self.sources[key] = "command line"
         for key in grid:
@@ -191,7 +199,8 @@ class Config:
 
     @staticmethod
     def _resolve_data_path(path: str) -> str:
-        """Relative data paths are taken from ``src/`` (as with ``cd src``), whatever the cwd."""
+        """Relative data paths in the yaml files are taken from ``src/`` (MMRec's ``../data/``, as
+        with ``cd src``), whatever the cwd; an override's path was made absolute from the cwd."""
         p = Path(os.path.expanduser(str(path)))
         if not p.is_absolute():
             p = (SRC_DIR / p).resolve()

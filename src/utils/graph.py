@@ -99,8 +99,9 @@ def csr_rows(adj: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     lengths = crow[rows + 1].long() - starts
     new_crow = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=crow.device)
     torch.cumsum(lengths, 0, out=new_crow[1:])
-    pick = torch.arange(int(new_crow[-1]), device=crow.device) + \
-        torch.repeat_interleave(starts - new_crow[:-1], lengths)
+    total = int(new_crow[-1])  # the slice's size: one host read (output_size spares a second)
+    pick = torch.arange(total, device=crow.device) + \
+        torch.repeat_interleave(starts - new_crow[:-1], lengths, output_size=total)
     return torch.sparse_csr_tensor(new_crow.to(crow.dtype), col[pick], val[pick],
                                    size=(rows.numel(), adj.shape[1]), check_invariants=False)
 
@@ -222,9 +223,9 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
     Rows are processed in blocks: L2-normalise, block @ feat^T, torch.topk; only the (row, col,
     value) triplets are kept, so memory is O(block_size * N + N * k), never N x N. The row itself
     is always among its k (forced to the top, so duplicate or all-zero feature rows cannot push it
-    out; it keeps its own cosine as its value). ``weighting``: 'binary' (value 1) or 'cosine' (the
-    similarity, clipped at 0: a negative weight has no meaning in a normalised graph; zero entries
-    are dropped). ``models/sigrec.py`` keeps a twin of this function (tests/test_graph.py pins it).
+    out; it keeps its own cosine as its value, 1 for an all-zero row). ``weighting``: 'binary'
+    (value 1) or 'cosine' (the similarity, clipped at 0: a negative weight has no meaning in a
+    normalised graph; zero entries are dropped). ``models/sigrec.py`` keeps a twin of this function (tests/test_graph.py pins it).
     """
     if weighting not in ("binary", "cosine"):
         raise ValueError(f"weighting must be 'binary' or 'cosine', not {weighting!r}")
@@ -241,7 +242,7 @@ def knn_graph(feat: np.ndarray | torch.Tensor, k: int, weighting: str = "binary"
             self_sim = sim[own, own + start].clone()
             sim[own, own + start] = float("inf")        # the row itself always ranks first
             top = torch.topk(sim, k, dim=1)
-            top.values[:, 0] = self_sim
+            top.values[:, 0] = torch.where(self_sim > 0, self_sim, torch.ones_like(self_sim))  # a zero row: 1
             cols.append(top.indices.cpu())
             vals.append(top.values.cpu())
     col = torch.cat(cols).reshape(-1).numpy()
@@ -342,8 +343,9 @@ def cached_knn(feat: np.ndarray | torch.Tensor, k: int, weighting: str, cache: P
     """``knn_graph`` through the disk cache, keyed by the feature bytes, k and the weighting; a
     graph without edges (all-zero features under cosine weights) is a ModelInputError."""
     arr = feat.detach().cpu().numpy() if torch.is_tensor(feat) else np.asarray(feat)
-    mat = cached_sparse(f"knn{k}-{weighting}-v2", (arr, int(k), weighting), lambda: knn_graph(feat, k, weighting), cache)
-    return require_edges(mat, what, "every feature row is zero, so no item has a positive cosine neighbour")
+    mat = cached_sparse(f"knn{k}-{weighting}-v3", (arr, int(k), weighting), lambda: knn_graph(feat, k, weighting), cache)
+    return require_edges(mat, what, "every feature row is zero, so no item has a positive cosine neighbour",
+                         off_diagonal=True)
 
 
 # --- degree-sensitive edge pruning (FREEDOM) -----------------------------------------------------

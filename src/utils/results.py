@@ -41,7 +41,11 @@ def _jsonable(value: Any) -> Any:
 
 # Keys added after results were recorded, with the value that reproduces the old behaviour exactly:
 # at that value they stay out of the key, so earlier records still match (and are not rerun).
-NEUTRAL_DEFAULTS = {"cl_max_nodes": 0, "amp": False}  # SIGREC: 0 = every batch node in the InfoNCE terms; amp: no autocast
+# Keys added after records were made, at the value that reproduces the older code: left out of
+# the key, so those records stay found. amp: no autocast. SIGREC: cl_max_nodes 0 = every batch
+# node in the InfoNCE terms; the study's switches at their spec readings.
+NEUTRAL_DEFAULTS = {"cl_max_nodes": 0, "amp": False, "cf_min_count": 1, "perturb_at": "every_step",
+                    "user_semantics": "sym", "anchor_grad_scale": 1.0, "align_warmup_epochs": 0}
 
 
 def point_key(config: dict) -> str:

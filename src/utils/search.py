@@ -74,7 +74,12 @@ class Closed(Exception):
     """The trial is closed without training (a duplicate claim, a proposal): not a death."""
 
 
+PRUNE_STARTUP_TRIALS = 5   # --prune median: finished trials before any pruning
+PRUNE_WARMUP_EPOCHS = 20   # --prune median: validations of a trial before it can be pruned
+
+
 # --- parameters <-> Optuna ------------------------------------------------------------------
+
 def encode(value: Any) -> Any:
     """Optuna stores only scalars: other grid values (lists, dicts) travel as JSON text."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -185,7 +190,10 @@ def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna
     name = args.study or f"{config['model']}-{config['dataset']}-{args.search}"
     # Claims carry their params, so the grid needs no sampler; TPE samples in proposals.
     sampler = optuna.samplers.TPESampler() if args.search == "tpe" else optuna.samplers.RandomSampler()
-    pruner = optuna.pruners.MedianPruner() if args.prune == "median" else optuna.pruners.NopPruner()
+    # no pruning before 5 trials have finished, nor before a trial's 20th validation: auxiliary
+    # weights that start slowly (e.g. SIGREC at 0.1) are not cut at their first epochs
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_EPOCHS) \
+        if args.prune == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name,
                                 direction="maximize", load_if_exists=True)
     mine = fingerprint(config, args.search)
