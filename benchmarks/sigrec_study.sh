@@ -5,11 +5,15 @@
 #   bash benchmarks/sigrec_study.sh PHASE
 #
 # ml100k (both modalities), records under results/ml100k/study/:
-#   bracket        TPE over the widened weights (0 and values below and above the old grid's
-#                  0.01 and 0.1), perturb_eps and temperature; 48 trials, median pruning, two
-#                  workers of one thread each (~3-4 min a point on a quiet machine: ~1.5 h)
-#   choices        every [choice] alternative and every variant beyond the spec at the bracketed
-#                  best point (one run each at the selection seed; ~25 runs, ~1 h)
+#   bracket        one value at a time around BASE (the rerun's selected grid point): each
+#                  auxiliary weight over {0, 1e-3, 3e-3, 1e-2, 3e-2}, perturb_eps over {0.05,
+#                  0.1, 0.2, 0.4}, temperature over {0.1, 0.2, 0.5}: 17 new points, unpruned, at
+#                  the selection seed (~3-4 min a point on a quiet machine: ~1 h); then the table
+#   bracket-table  the bracket's table (validation selects; test is shown, never used)
+#   refine         TPE over all five at once, on the same lists plus 0.1: 32 trials (the first 10
+#                  random), median pruning; the bracket's points are reused
+#   choices        every [choice] alternative and every variant beyond the spec at the best point
+#                  found (one run each at the selection seed; ~25 runs, ~1 h)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
 #   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, unpruned (the final
 #                     comparison selects over the same grids and reuses every record; a pruned
@@ -24,12 +28,15 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh check|bracket|choices|sports-baselines|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh check|bracket|bracket-table|refine|choices|sports-baselines|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
 KEEP=(--save_model False --quiet)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+WORKERS="${WORKERS:-2}"  # search workers of one thread each (WORKERS=1 beside other jobs)
+# the selected point of the ml100k rerun (issue "Numbers you can trust"): valid R@20 0.3553
+BASE=(--perturb_eps 0.2 --cl_weight 0.01 --anchor_weight 0.01 --align_weight 0.01 --temperature 0.2)
 
 # The search space: SIGREC.yaml (the one source of every other value) with the study's lists and
 # temperature added to hyper_parameters, written to OUT/config/model/SIGREC.yaml for --config_dir.
@@ -65,10 +72,48 @@ EOF
 WEIGHTS="[0.0, 0.001, 0.003, 0.01, 0.03, 0.1]"
 case "$PHASE" in
   bracket)
+    scan() {  # KEY LIST: BASE with KEY over LIST (a grid of its own; finished points are skipped)
+      python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" "${KEEP[@]}" "${BASE[@]}" \
+        --"$1" "$2" --workers "$WORKERS" --threads 1
+    }
+    for key in cl_weight anchor_weight align_weight; do scan "$key" "[0.0, 0.001, 0.003, 0.01, 0.03]"; done
+    scan perturb_eps "[0.05, 0.1, 0.2, 0.4]"
+    for tau in 0.1 0.5; do  # temperature is not a grid key: one run each
+      python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" "${KEEP[@]}" "${BASE[@]}" --temperature "$tau"
+    done
+    bash "$0" bracket-table ;;
+  bracket-table)
+    python - "$ML" <<'EOF'
+import json, sys
+from pathlib import Path
+import yaml
+out = Path(sys.argv[1])
+base = {"perturb_eps": 0.2, "cl_weight": 0.01, "anchor_weight": 0.01, "align_weight": 0.01, "temperature": 0.2}
+rows = []
+for line in (out / "results.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    if r.get("status") != "ok" or r.get("model") != "SIGREC":
+        continue
+    config = yaml.safe_load((out / "runs" / "SIGREC-ml100k" / r["key"] / "config.yaml").read_text())
+    values = {k: config[k] for k in base}  # the run's own config (temperature is no grid key)
+    moved = [k for k in base if float(values[k]) != base[k]]
+    if len(moved) <= 1:
+        rows.append((moved[0] if moved else "BASE", values.get(moved[0]) if moved else "", r))
+lines = ["| varied | value | epochs (best) | valid R@20 | valid N@20 | test R@20 | test N@20 |", "|---|---|---|---|---|---|---|"]
+for key, value, r in sorted(rows, key=lambda x: (x[0], float(x[1] or 0))):
+    v, t = r["valid"], r["test"]
+    lines.append(f"| {key} | {value} | {r['epochs_run']} ({r['best_epoch']}) | {v['recall@20']:.4f} | {v['ndcg@20']:.4f} | "
+                 f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f} |")
+text = "\n".join(lines)
+(out / "bracket.md").write_text("BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
+print(text)
+EOF
+    ;;
+  refine)
     space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
       "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
     python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
-      --search tpe --trials 48 --prune median --workers 2 --threads 1
+      --search tpe --trials 32 --prune median --workers "$WORKERS" --threads 1
     echo "best (validation): $(best_point "$ML")" ;;
   choices)
     POINT=$(best_point "$ML")
@@ -120,5 +165,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (check, bracket, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (check, bracket, bracket-table, refine, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac
