@@ -59,13 +59,19 @@ out.mkdir(parents=True, exist_ok=True)
 EOF
 }
 
-best_point() {  # the validation-best ok record of OUT/results.jsonl as key=value,... (seed left out)
+best_point() {  # the validation-best ok SIGREC record of OUT/results.jsonl (NDCG@20 breaks ties) as
+  # key=value,...: its grid values and its temperature (seed left out)
   python - "$1" <<'EOF'
 import json, sys
-records = [json.loads(l) for l in open(f"{sys.argv[1]}/results.jsonl") if l.strip()]
+from pathlib import Path
+import yaml
+out = Path(sys.argv[1])
+records = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
 ok = [r for r in records if r.get("status") == "ok" and r.get("model") == "SIGREC"]
 best = max(ok, key=lambda r: (r["valid"]["recall@20"], r["valid"]["ndcg@20"]))
-print(",".join(f"{k}={v}" for k, v in best["parameters"].items() if k != "seed"))
+config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{best['key']}/config.yaml")).read_text())
+values = {**{k: v for k, v in best["parameters"].items() if k != "seed"}, "temperature": config["temperature"]}
+print(",".join(f"{k}={v}" for k, v in values.items()))
 EOF
 }
 
@@ -117,8 +123,8 @@ EOF
     echo "best (validation): $(best_point "$ML")" ;;
   choices)
     POINT=$(best_point "$ML")
-    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output "$ML/variants" --set choices "${KEEP[@]}"
-    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output "$ML/variants" --set study "${KEEP[@]}" ;;
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set choices "${KEEP[@]}"
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set study "${KEEP[@]}" ;;
   sports-baselines)
     for m in BPR LightGCN VBPR FREEDOM; do
       python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads 2
