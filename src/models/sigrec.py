@@ -402,10 +402,11 @@ class SIGREC(GeneralRecommender):
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         nodes, where = torch.unique(torch.cat([users, pos + self.n_users, neg + self.n_users]), return_inverse=True)
         n_user_nodes = int(torch.searchsorted(nodes, self.n_users))
-        at_users = torch.searchsorted(nodes, self._contrast_set(torch.unique(users)))
+        user_rows = nodes[:n_user_nodes]  # the batch's unique users, sorted: no second torch.unique
+        at_users = torch.searchsorted(nodes, self._contrast_set(user_rows))
         at_items = torch.searchsorted(nodes, self._contrast_set(torch.unique(pos)) + self.n_users)
         return BatchRows(users=users, nodes=nodes, where=where, n_user_nodes=n_user_nodes,
-                         user_rows=nodes[:n_user_nodes], item_rows=nodes[n_user_nodes:] - self.n_users,
+                         user_rows=user_rows, item_rows=nodes[n_user_nodes:] - self.n_users,
                          at_users=at_users, at_items=at_items)
 
     def encode(self, batch: BatchRows) -> BatchRows:
