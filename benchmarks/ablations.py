@@ -175,8 +175,8 @@ def main() -> None:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"error: --seeds must be whole numbers separated by commas, not '{args.seeds}'") from None
-    variants = {"choices": CHOICES, "study": STUDY}.get(args.set) or \
-        {**VARIANTS, **(SPEED_VARIANT if args.speed_variant else {})}
+    variants = {**{"choices": CHOICES, "study": STUDY}.get(args.set, VARIANTS),
+                **(SPEED_VARIANT if args.speed_variant else {})}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:

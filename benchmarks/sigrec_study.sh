@@ -138,10 +138,11 @@ EOF
     echo "best (validation): $(best_point "$SP")" ;;
   sports-choices)
     POINT=$(best_point "$SP")
-    for set in choices study; do
-      OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
-        --output "$SP/study/variants" --set "$set" "${KEEP[@]}"
-    done ;;
+    # the study set with the speed switch too: is a random 256 of each contrastive set enough there?
+    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
+      --output "$SP/study/variants" --set choices "${KEEP[@]}"
+    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
+      --output "$SP/study/variants" --set study --speed-variant "${KEEP[@]}" ;;
   final)
     MODELS="SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR"
     python src/main.py -m "$MODELS" -d ml100k --device cpu --output results/ml100k "${KEEP[@]}" --seeds 999,1,2,3,4,5
