@@ -108,6 +108,19 @@ def test_joining_a_study_with_another_config_is_refused(tmp_path: Path) -> None:
         open_study(Config("BPR", "ml100k", {"epochs": 3}), args, tmp_path)
 
 
+def test_the_sampler_is_seeded_by_the_selection_seed(tmp_path: Path) -> None:
+    """Two TPE studies of one config propose the same points; another worker index, others."""
+    import optuna
+
+    def proposals(name: str, index: int) -> list:
+        args = argparse.Namespace(storage=f"sqlite:///{tmp_path}/{name}.db", study=name, search="tpe",
+                                  prune="none", worker_index=index)
+        study = open_study(Config("BPR", "ml100k", {"epochs": 2}), args, tmp_path)
+        return [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).params["x"] for _ in range(3)]
+    assert proposals("a", 0) == proposals("b", 0)
+    assert proposals("c", 1) != proposals("d", 0)
+
+
 def test_median_pruning_waits_for_trials_and_epochs(tmp_path: Path) -> None:
     """A trial is not pruned at its first validations, nor before 5 trials have finished."""
     args = argparse.Namespace(storage=f"sqlite:///{tmp_path}/p.db", study="p", search="grid", prune="median")

@@ -189,7 +189,10 @@ def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna
     storage = make_storage(url, heartbeat_seconds(args))
     name = args.study or f"{config['model']}-{config['dataset']}-{args.search}"
     # Claims carry their params, so the grid needs no sampler; TPE samples in proposals.
-    sampler = optuna.samplers.TPESampler() if args.search == "tpe" else optuna.samplers.RandomSampler()
+    # seeded by the selection seed (+ the worker's index): one worker's TPE search is reproducible
+    seeds = config["seed"] if isinstance(config["seed"], list) else [config["seed"]]
+    seed = int(seeds[0] or 0) + int(getattr(args, "worker_index", 0) or 0)
+    sampler = optuna.samplers.TPESampler(seed=seed) if args.search == "tpe" else optuna.samplers.RandomSampler(seed=seed)
     # no pruning before 5 trials have finished, nor before a trial's 20th validation: auxiliary
     # weights that start slowly (e.g. SIGREC at 0.1) are not cut at their first epochs
     pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_EPOCHS) \
@@ -566,6 +569,7 @@ def _worker_process(config: Config, args: argparse.Namespace, output: Path, devi
     init_logger(output / "logs" / f"{config['model']}-{config['dataset']}-{stamp}-w{index}-{os.getpid()}.log",
                 args.quiet)
     config["device"] = resolve_device(device, config["use_gpu"])
+    args.worker_index = index  # this process's copy: its sampler's seed
     try:
         code = run_search(config, args, output)
     except (KeyboardInterrupt, Interrupted) as exc:
