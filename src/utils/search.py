@@ -185,6 +185,7 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
 
 def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna.Study:
     """Create or join the study; refuse one that was made with a different config or data."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says which study, once
     url = storage_url(args, output)
     storage = make_storage(url, heartbeat_seconds(args))
     name = args.study or f"{config['model']}-{config['dataset']}-{args.search}"
