@@ -22,13 +22,14 @@
 #                     median pruning (~1 h a point on 2 cores: ~5-8 h); edit its lists to centre
 #                     them on the bracket's result
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
+#   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
 # After the defaults in SIGREC.yaml are set from both studies' validation figures:
 #   final          the comparison with fresh seeds (ml100k 5, Sports 3) and the ablations (ml100k:
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh check|bracket|bracket-table|refine|choices|sports-baselines|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|choices|sports-baselines|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
@@ -160,6 +161,19 @@ EOF
     python src/main.py -m SIGREC,FREEDOM,VBPR,LightGCN,BPR "${SPORTS[@]}" --device cpu --output "$SP" \
       --config_dir "$SP/final/config" "${KEEP[@]}" --seeds 999,1,2,3 --threads 2
     OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
+  status)  # what each phase has finished so far (reads the records; trains nothing)
+    python - "$ML" "$SP" <<'EOF'
+import json, sys
+from collections import Counter
+from pathlib import Path
+for folder in map(Path, sys.argv[1:]):
+    for path in sorted(folder.glob("**/results.jsonl")):
+        if "runs" in path.parts:
+            continue
+        counts = Counter((json.loads(l).get("model"), json.loads(l).get("status")) for l in path.read_text().splitlines() if l.strip())
+        print(f"{path}: " + ", ".join(f"{m} {s} {n}" for (m, s), n in sorted(counts.items())))
+EOF
+    [ -f "$ML/results.jsonl" ] && bash "$0" bracket-table || true ;;
   check)  # write the ml100k search space and print its size; trains nothing
     space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
       "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
@@ -172,5 +186,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (check, bracket, bracket-table, refine, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac
