@@ -108,6 +108,7 @@ def test_joining_a_study_with_another_config_is_refused(tmp_path: Path) -> None:
         open_study(Config("BPR", "ml100k", {"epochs": 3}), args, tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, no optimize()
 def test_the_sampler_is_seeded_by_the_selection_seed(tmp_path: Path) -> None:
     """Two TPE studies of one config propose the same points; another worker index, others."""
     import optuna
@@ -121,6 +122,7 @@ def test_the_sampler_is_seeded_by_the_selection_seed(tmp_path: Path) -> None:
     assert proposals("c", 1) != proposals("d", 0)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, no optimize()
 def test_median_pruning_waits_for_trials_and_epochs(tmp_path: Path) -> None:
     """A trial is not pruned at its first validations, nor before 5 trials have finished."""
     args = argparse.Namespace(storage=f"sqlite:///{tmp_path}/p.db", study="p", search="grid", prune="median")
