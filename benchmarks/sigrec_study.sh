@@ -25,7 +25,8 @@
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
 # After the defaults in SIGREC.yaml are set from both studies' validation figures:
-#   final          the comparison with fresh seeds (ml100k 5, Sports 3) and the ablations (ml100k:
+#   final          the comparison with fresh seeds (ml100k 5, every model incl. the peers of
+#                  evidence_peers.sh; Sports 3) and the ablations (ml100k:
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,39 +40,42 @@ WORKERS="${WORKERS:-2}"  # search workers of one thread each (WORKERS=1 beside o
 # the selected point of the ml100k rerun (issue "Numbers you can trust"): valid R@20 0.3553
 BASE=(--perturb_eps 0.2 --cl_weight 0.01 --anchor_weight 0.01 --align_weight 0.01 --temperature 0.2)
 
-# The search space: SIGREC.yaml (the one source of every other value) with the study's lists and
-# temperature added to hyper_parameters, written to OUT/config/model/SIGREC.yaml for --config_dir.
+# The search space: the model's yaml (SIGREC unless MODEL= says another; the one source of every
+# other value) with the study's lists, new grid keys (temperature) added to hyper_parameters,
+# written to OUT/config/model/<MODEL>.yaml for --config_dir.
 space() {  # OUT, then key=list pairs
   local out="$1"; shift
-  python - "$out" "$@" <<'EOF'
+  python - "$out" "${MODEL:-SIGREC}" "$@" <<'EOF'
 import sys
 from pathlib import Path
 import yaml
-out, pairs = Path(sys.argv[1]) / "config" / "model", sys.argv[2:]
-cfg = yaml.safe_load(Path("src/configs/model/SIGREC.yaml").read_text())
+out, model, pairs = Path(sys.argv[1]) / "config" / "model", sys.argv[2], sys.argv[3:]
+cfg = yaml.safe_load(Path(f"src/configs/model/{model}.yaml").read_text())
 for pair in pairs:
     key, value = pair.split("=", 1)
     cfg[key] = yaml.safe_load(value)
     if key not in cfg["hyper_parameters"]:
         cfg["hyper_parameters"].append(key)
 out.mkdir(parents=True, exist_ok=True)
-(out / "SIGREC.yaml").write_text("# written by benchmarks/sigrec_study.sh: SIGREC.yaml with the study's search space\n"
-                                 + yaml.safe_dump(cfg, sort_keys=False))
+(out / f"{model}.yaml").write_text(f"# written by benchmarks/sigrec_study.sh: {model}.yaml with the study's search space\n"
+                                   + yaml.safe_dump(cfg, sort_keys=False))
 EOF
 }
 
-best_point() {  # the validation-best ok SIGREC record of OUT/results.jsonl (NDCG@20 breaks ties) as
-  # key=value,...: its grid values and its temperature (seed left out)
-  python - "$1" <<'EOF'
+best_point() {  # the validation-best ok record of MODEL (default SIGREC) in OUT/results.jsonl (NDCG@20
+  # breaks ties) as key=value,...: its grid values, and SIGREC's temperature (seed left out)
+  python - "$1" "${MODEL:-SIGREC}" <<'EOF'
 import json, sys
 from pathlib import Path
 import yaml
-out = Path(sys.argv[1])
+out, model = Path(sys.argv[1]), sys.argv[2]
 records = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
-ok = [r for r in records if r.get("status") == "ok" and r.get("model") == "SIGREC"]
+ok = [r for r in records if r.get("status") == "ok" and r.get("model") == model]
 best = max(ok, key=lambda r: (r["valid"]["recall@20"], r["valid"]["ndcg@20"]))
-config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{best['key']}/config.yaml")).read_text())
-values = {**{k: v for k, v in best["parameters"].items() if k != "seed"}, "temperature": config["temperature"]}
+values = {k: v for k, v in best["parameters"].items() if k != "seed"}
+if model == "SIGREC":  # temperature is no grid key of SIGREC.yaml: read it from the run's config
+    config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{best['key']}/config.yaml")).read_text())
+    values["temperature"] = config["temperature"]
 print(",".join(f"{k}={v}" for k, v in values.items()))
 EOF
 }
@@ -145,11 +149,18 @@ EOF
     OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
       --output "$SP/study/variants" --set study --speed-variant "${KEEP[@]}" ;;
   final)
-    MODELS="SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR"
-    python src/main.py -m "$MODELS" -d ml100k --device cpu --output results/ml100k "${KEEP[@]}" --seeds 999,1,2,3,4,5
+    # ml100k: every model; SMORE and MSCA at the points their TPE searches selected on validation
+    # (benchmarks/evidence_peers.sh ml100k), as one-point yamls beside the built-in ones
+    for m in SMORE MSCA; do
+      P=$(MODEL=$m best_point "results/ml100k/$(echo "$m" | tr 'A-Z' 'a-z')_tpe")
+      MODEL=$m space "$ML/final" $(echo "$P" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
+    done
+    MODELS="SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR,EASE,BM3,DRAGON,SMORE,MSCA"
+    python src/main.py -m "$MODELS" -d ml100k --device cpu --output results/ml100k --config_dir "$ML/final/config" \
+      "${KEEP[@]}" --seeds 999,1,2,3,4,5
     POINT=$(python - <<'EOF'
 import json
-summary = json.load(open("results/ml100k/comparison/ml100k-SIGREC_FREEDOM_MGCN_LGMRec_LightGCN_VBPR_BPR/comparison.json"))
+summary = json.load(open("results/ml100k/comparison/ml100k-" + "SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR,EASE,BM3,DRAGON,SMORE,MSCA".replace(",", "_") + "/comparison.json"))
 print(",".join(f"{k}={v}" for k, v in summary["models"]["SIGREC"]["best_parameters"].items() if k != "seed"))
 EOF
 )
