@@ -30,9 +30,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 REFUSED = 3  # main.py's exit status when the model refuses the data (ModelInputError)
 VARIANTS: dict[str, list[str]] = {
     "SIGREC": [],
@@ -110,15 +109,18 @@ def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], 
 
 
 def _grid_values(args: list[str]) -> dict[str, object]:
-    """The values of ``--key value`` pairs, read as YAML (as main.py reads them)."""
-    values, i = {}, 0
+    """The ``--key value`` overrides among ``args``, read by main.py's own parser (bare flags
+    such as --quiet are main.py's options, not config values, and are left out)."""
+    from main import parse_overrides
+
+    kept, i = [], 0
     while i < len(args):
-        if args[i].startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            values[args[i][2:]] = yaml.safe_load(args[i + 1])
-            i += 2
-        else:  # a flag such as --quiet
-            i += 1
-    return values
+        if args[i].startswith("--") and "=" not in args[i] and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            i += 1  # a flag
+            continue
+        kept.append(args[i])
+        i += 1
+    return parse_overrides(kept)
 
 
 def _same(a: object, b: object) -> bool:
