@@ -7,7 +7,8 @@
 # ml100k (both modalities), records under results/ml100k/study/:
 #   bracket        one value at a time around BASE (the rerun's selected grid point): each
 #                  auxiliary weight over {0, 1e-3, 3e-3, 1e-2, 3e-2}, perturb_eps over {0.05,
-#                  0.1, 0.2, 0.4}, temperature over {0.1, 0.2, 0.5}: 17 new points, unpruned, at
+#                  0.1, 0.2, 0.4, 0.8} (0.8 added when 0.4 won at the edge), temperature over
+#                  {0.1, 0.2, 0.5, 1.0} (1.0 added when 0.5 won at the edge): 19 new points, unpruned, at
 #                  the selection seed (~3-4 min a point on a quiet machine: ~1 h); then the table
 #   bracket-table  the bracket's table (validation selects; test is shown, never used)
 #   refine         TPE over all five at once, on the same lists plus 0.1: 32 trials (the first 10
@@ -88,8 +89,8 @@ case "$PHASE" in
         --"$1" "$2" --workers "$WORKERS" --threads 1
     }
     for key in cl_weight anchor_weight align_weight; do scan "$key" "[0.0, 0.001, 0.003, 0.01, 0.03]"; done
-    scan perturb_eps "[0.05, 0.1, 0.2, 0.4]"
-    for tau in 0.1 0.5; do  # temperature is not a grid key: one run each
+    scan perturb_eps "[0.05, 0.1, 0.2, 0.4, 0.8]"
+    for tau in 0.1 0.5 1.0; do  # temperature is not a grid key: one run each
       python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" "${KEEP[@]}" "${BASE[@]}" --temperature "$tau"
     done
     bash "$0" bracket-table ;;
@@ -121,8 +122,8 @@ print(text)
 EOF
     ;;
   refine)
-    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
-      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
+    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4, 0.8]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5, 1.0]"
     python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
       --search tpe --trials 32 --prune median --workers "$WORKERS" --threads 1
     echo "best (validation): $(best_point "$ML")" ;;
@@ -186,8 +187,8 @@ for folder in map(Path, sys.argv[1:]):
 EOF
     [ -f "$ML/results.jsonl" ] && bash "$0" bracket-table || true ;;
   check)  # write the ml100k search space and print its size; trains nothing
-    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
-      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5]"
+    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4, 0.8]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5, 1.0]"
     python - "$ML/config" <<'EOF'
 import math, sys
 sys.path.insert(0, "src")
