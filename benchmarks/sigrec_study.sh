@@ -82,6 +82,8 @@ EOF
 }
 
 WEIGHTS="[0.0, 0.001, 0.003, 0.01, 0.03, 0.1]"
+EPS="[0.05, 0.1, 0.2, 0.4, 0.8]"  # perturb_eps: the bracket's and the searches' list
+TAUS="[0.1, 0.2, 0.5, 1.0]"      # temperature
 case "$PHASE" in
   bracket)
     scan() {  # KEY LIST: BASE with KEY over LIST (a grid of its own; finished points are skipped)
@@ -89,7 +91,7 @@ case "$PHASE" in
         --"$1" "$2" --workers "$WORKERS" --threads 1
     }
     for key in cl_weight anchor_weight align_weight; do scan "$key" "[0.0, 0.001, 0.003, 0.01, 0.03]"; done
-    scan perturb_eps "[0.05, 0.1, 0.2, 0.4, 0.8]"
+    scan perturb_eps "$EPS"
     for tau in 0.1 0.5 1.0; do  # temperature is not a grid key: one run each
       python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" "${KEEP[@]}" "${BASE[@]}" --temperature "$tau"
     done
@@ -122,8 +124,8 @@ print(text)
 EOF
     ;;
   refine)
-    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4, 0.8]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
-      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5, 1.0]"
+    space "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=$TAUS"
     python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
       --search tpe --trials 32 --prune median --workers "$WORKERS" --threads 1
     echo "best (validation): $(best_point "$ML")" ;;
@@ -187,8 +189,8 @@ for folder in map(Path, sys.argv[1:]):
 EOF
     [ -f "$ML/results.jsonl" ] && bash "$0" bracket-table || true ;;
   check)  # write the ml100k search space and print its size; trains nothing
-    space "$ML" "perturb_eps=[0.05, 0.1, 0.2, 0.4, 0.8]" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
-      "align_weight=$WEIGHTS" "temperature=[0.1, 0.2, 0.5, 1.0]"
+    space "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+      "align_weight=$WEIGHTS" "temperature=$TAUS"
     python - "$ML/config" <<'EOF'
 import math, sys
 sys.path.insert(0, "src")
