@@ -20,8 +20,8 @@
 #                     comparison selects over the same grids and reuses every record; a pruned
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
 #   sports-search     SIGREC: 8 trials around ml100k's optimum (random: TPE's first 10 trials are),
-#                     median pruning (~1 h a point on 2 cores: ~5-8 h); edit its lists to centre
-#                     them on the bracket's result
+#                     median pruning (~1 h a point on 2 cores: ~5-8 h); its lists are the ml100k
+#                     best value of each key and its two neighbours in the refine lists (around)
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
@@ -78,6 +78,20 @@ if model == "SIGREC":  # temperature is no grid key of SIGREC.yaml: read it from
     config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{best['key']}/config.yaml")).read_text())
     values["temperature"] = config["temperature"]
 print(",".join(f"{k}={v}" for k, v in values.items()))
+EOF
+}
+
+around() {  # key=list pairs: for every key of the refine lists, ml100k's best value and its neighbours
+  python - "$(best_point "$ML")" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+    "align_weight=$WEIGHTS" "temperature=$TAUS" <<'EOF'
+import sys
+import yaml
+best = {k: float(v) for k, v in (pair.split("=", 1) for pair in sys.argv[1].split(","))}
+for pair in sys.argv[2:]:
+    key, values = pair.split("=", 1)
+    values = yaml.safe_load(values)
+    i = min(range(len(values)), key=lambda j: abs(values[j] - best[key]))
+    print(f"{key}={values[max(0, i - 1):i + 2]}")
 EOF
 }
 
@@ -138,9 +152,10 @@ EOF
       python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads 2
     done ;;
   sports-search)
-    # around ml100k's optimum: the two neighbouring values of each weight (and 0), eps and tau
-    space "$SP/study" "perturb_eps=[0.1, 0.2]" "cl_weight=[0.0, 0.003, 0.01, 0.03]" \
-      "anchor_weight=[0.0, 0.003, 0.01, 0.03]" "align_weight=[0.0, 0.003, 0.01, 0.03]" "temperature=[0.2]"
+    # around ml100k's optimum (refine's best): each key's best value and its two neighbours
+    mapfile -t AROUND < <(around)
+    echo "sports-search lists: ${AROUND[*]}"
+    space "$SP/study" "${AROUND[@]}"
     python src/main.py -m SIGREC "${SPORTS[@]}" --device cpu --output "$SP" --config_dir "$SP/study/config" \
       "${KEEP[@]}" --search tpe --trials 8 --prune median --threads 2
     echo "best (validation): $(best_point "$SP")" ;;
