@@ -12,7 +12,8 @@
 #                  the selection seed (~3-4 min a point on a quiet machine: ~1 h); then the table
 #   bracket-table  the bracket's table (validation selects; test is shown, never used)
 #   refine         TPE over all five at once, on the same lists plus 0.1: 32 trials (the first 10
-#                  random), median pruning; the bracket's points are reused
+#                  random), median pruning; the bracket's points are reused; then the table
+#   refine-table   the 10 best points of every ml100k study record (top.md)
 #   choices        every [choice] alternative and every variant beyond the spec at the best point
 #                  found (one run each at the selection seed; ~25 runs, ~1 h)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
@@ -31,7 +32,7 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|choices|sports-baselines|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|sports-baselines|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
@@ -64,21 +65,8 @@ EOF
 }
 
 best_point() {  # the validation-best ok record of MODEL (default SIGREC) in OUT/results.jsonl (NDCG@20
-  # breaks ties) as key=value,...: its grid values, and SIGREC's temperature (seed left out)
-  python - "$1" "${MODEL:-SIGREC}" <<'EOF'
-import json, sys
-from pathlib import Path
-import yaml
-out, model = Path(sys.argv[1]), sys.argv[2]
-records = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
-ok = [r for r in records if r.get("status") == "ok" and r.get("model") == model]
-best = max(ok, key=lambda r: (r["valid"]["recall@20"], r["valid"]["ndcg@20"]))
-values = {k: v for k, v in best["parameters"].items() if k != "seed"}
-if model == "SIGREC":  # temperature is no grid key of SIGREC.yaml: read it from the run's config
-    config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{best['key']}/config.yaml")).read_text())
-    values["temperature"] = config["temperature"]
-print(",".join(f"{k}={v}" for k, v in values.items()))
-EOF
+  # breaks ties) as key=value,...: its grid values and SIGREC's five study keys (seed left out)
+  python benchmarks/study_records.py best "$1" "${MODEL:-SIGREC}"
 }
 
 around() {  # key=list pairs: for every key of the refine lists, ml100k's best value and its neighbours
@@ -111,37 +99,16 @@ case "$PHASE" in
     done
     bash "$0" bracket-table ;;
   bracket-table)
-    python - "$ML" <<'EOF'
-import json, sys
-from pathlib import Path
-import yaml
-out = Path(sys.argv[1])
-base = {"perturb_eps": 0.2, "cl_weight": 0.01, "anchor_weight": 0.01, "align_weight": 0.01, "temperature": 0.2}
-rows = []
-for line in (out / "results.jsonl").read_text().splitlines():
-    r = json.loads(line)
-    if r.get("status") != "ok" or r.get("model") != "SIGREC":
-        continue
-    config = yaml.safe_load((out / "runs" / "SIGREC-ml100k" / r["key"] / "config.yaml").read_text())
-    values = {k: config[k] for k in base}  # the run's own config (temperature is no grid key)
-    moved = [k for k in base if float(values[k]) != base[k]]
-    if len(moved) <= 1:
-        rows.append((moved[0] if moved else "BASE", values.get(moved[0]) if moved else "", r))
-lines = ["| varied | value | epochs (best) | valid R@20 | valid N@20 | test R@20 | test N@20 |", "|---|---|---|---|---|---|---|"]
-for key, value, r in sorted(rows, key=lambda x: (x[0], float(x[1] or 0))):
-    v, t = r["valid"], r["test"]
-    lines.append(f"| {key} | {value} | {r['epochs_run']} ({r['best_epoch']}) | {v['recall@20']:.4f} | {v['ndcg@20']:.4f} | "
-                 f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f} |")
-text = "\n".join(lines)
-(out / "bracket.md").write_text("BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
-print(text)
-EOF
-    ;;
+    pairs=(); for ((i = 0; i < ${#BASE[@]}; i += 2)); do pairs+=("${BASE[i]#--}=${BASE[i+1]}"); done
+    python benchmarks/study_records.py bracket "$ML" "${pairs[@]}" ;;
+  refine-table)
+    python benchmarks/study_records.py top "$ML" 10 ;;
   refine)
     space "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
       "align_weight=$WEIGHTS" "temperature=$TAUS"
     python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
       --search tpe --trials 32 --prune median --workers "$WORKERS" --threads 1
+    bash "$0" refine-table
     echo "best (validation): $(best_point "$ML")" ;;
   choices)
     POINT=$(best_point "$ML")
@@ -215,5 +182,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, refine-table, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac

@@ -1,0 +1,92 @@
+"""Read a study folder's records (``results.jsonl``) for benchmarks/sigrec_study.sh: the best point,
+the bracket's table, and the table of the best points of a search. Validation selects (Recall@20,
+NDCG@20 breaking ties); test is shown, never used.
+
+    python benchmarks/study_records.py best    OUT [MODEL]          key=value,... of the best ok record
+    python benchmarks/study_records.py bracket OUT key=value ...    one-value-at-a-time table around BASE
+    python benchmarks/study_records.py top     OUT N                the N best ok records of SIGREC
+
+Every SIGREC value is read from the run's own ``config.yaml``, so keys that are no grid key of
+SIGREC.yaml (``temperature``) are found too.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+KEYS = ("perturb_eps", "cl_weight", "anchor_weight", "align_weight", "temperature")  # the study's five
+
+
+def ok_records(out: Path, model: str = "SIGREC") -> list[dict]:
+    """The finished (ok) records of ``model`` in ``out/results.jsonl``, each with its ``values``:
+    the grid values without the seed, and for SIGREC the study's five keys from the run's config."""
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    ok = [r for r in records if r.get("status") == "ok" and r.get("model") == model]
+    for r in ok:
+        r["values"] = {k: v for k, v in r["parameters"].items() if k != "seed"}
+        if model == "SIGREC":
+            config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{r['key']}/config.yaml")).read_text())
+            r["values"] = {**r["values"], **{k: config[k] for k in KEYS}}
+    return ok
+
+
+def validation_order(r: dict) -> tuple[float, float]:
+    return r["valid"]["recall@20"], r["valid"]["ndcg@20"]
+
+
+def row(r: dict, first: list[str]) -> str:
+    v, t = r["valid"], r["test"]
+    return "| " + " | ".join(first + [f"{r['epochs_run']} ({r['best_epoch']})", f"{v['recall@20']:.4f}",
+                                      f"{v['ndcg@20']:.4f}", f"{t['recall@20']:.4f}", f"{t['ndcg@20']:.4f}"]) + " |"
+
+
+METRIC_HEAD = "epochs (best) | valid R@20 | valid N@20 | test R@20 | test N@20 |"
+
+
+def bracket(out: Path, base: dict[str, float]) -> str:
+    """BASE and every record that moves one key of BASE, sorted by key and value; also bracket.md."""
+    rows = []
+    for r in ok_records(out):
+        moved = [k for k in base if float(r["values"][k]) != base[k]]
+        if len(moved) <= 1:
+            rows.append((moved[0] if moved else "BASE", r["values"][moved[0]] if moved else "", r))
+    lines = ["| varied | value | " + METRIC_HEAD, "|---|---|---|---|---|---|---|"]
+    lines += [row(r, [key, str(value)]) for key, value, r in sorted(rows, key=lambda x: (x[0], float(x[1] or 0)))]
+    text = "\n".join(lines)
+    (out / "bracket.md").write_text("BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
+    return text
+
+
+def top(out: Path, n: int) -> str:
+    """The ``n`` best ok SIGREC records on validation, with their five values; also top.md."""
+    ok = sorted(ok_records(out), key=validation_order, reverse=True)
+    lines = ["| rank | " + " | ".join(KEYS) + " | " + METRIC_HEAD, "|" + "---|" * (len(KEYS) + 6)]
+    lines += [row(r, [str(i + 1)] + [str(r["values"][k]) for k in KEYS]) for i, r in enumerate(ok[:n])]
+    text = "\n".join(lines)
+    (out / "top.md").write_text(f"The {min(n, len(ok))} best of {len(ok)} finished SIGREC points on validation "
+                                f"(every phase's records in this folder)\n\n{text}\n")
+    return text
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top"):
+        raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N")
+    what, out = argv[0], Path(argv[1])
+    if not (out / "results.jsonl").is_file():
+        raise SystemExit(f"error: no records in {out}: run the phase that writes them first")
+    if what == "best":
+        ok = ok_records(out, argv[2] if len(argv) > 2 else "SIGREC")
+        if not ok:
+            raise SystemExit(f"error: no finished run in {out}/results.jsonl")
+        print(",".join(f"{k}={v}" for k, v in max(ok, key=validation_order)["values"].items()))
+    elif what == "bracket":
+        print(bracket(out, {k: float(v) for k, v in (pair.split("=", 1) for pair in argv[2:])}))
+    else:
+        print(top(out, int(argv[2]) if len(argv) > 2 else 10))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
