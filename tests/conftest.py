@@ -24,6 +24,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end runs on the embedded data (still run in CI)")
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, e.g. ``load_benchmark("ablations")``."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_config(model: str, dataset: str = "ml100k", **overrides):
     """A resolved single-point Config on the CPU (grid keys fixed to their first value)."""
     from utils.configurator import Config

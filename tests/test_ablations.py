@@ -1,22 +1,18 @@
 """benchmarks/ablations.py: seed-averaged rows, refusals as rows, records per run (no training)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 
 @pytest.fixture()
 def ablations():
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ablations")
 
 
 def _record(seed: int, r20: float) -> dict:

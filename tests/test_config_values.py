@@ -90,12 +90,9 @@ def test_every_shipped_config_passes_the_schema():
 
 def test_the_ablation_and_design_choice_switches_pass():
     """benchmarks/ablations.py's variants are valid values of SIGREC's schema."""
-    import importlib.util
-    from conftest import ROOT
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
-    ablations = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablations)
+    ablations = load_benchmark("ablations")
     variants = {**ablations.VARIANTS, **ablations.CHOICES, **ablations.STUDY, **ablations.SPEED_VARIANT}
     for args in variants.values():
         overrides = main.parse_overrides(args)

@@ -1,23 +1,19 @@
 """benchmarks/study_records.py: validation selects (never test), the bracket's rows, the top table."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import load_benchmark
 
 BASE = {"perturb_eps": 0.2, "cl_weight": 0.01, "anchor_weight": 0.01, "align_weight": 0.01, "temperature": 0.2}
 
 
 @pytest.fixture()
 def records():
-    spec = importlib.util.spec_from_file_location("study_records", ROOT / "benchmarks" / "study_records.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("study_records")
 
 
 def _study(tmp_path, points: list[tuple[dict, float, float, float]]):

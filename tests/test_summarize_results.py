@@ -2,7 +2,6 @@
 metric dicts are empty: they are never chosen and show as marked rows instead of crashing."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 
 SCRIPT = ROOT / "benchmarks" / "summarize_results.py"
 METRICS = {"recall@10": 0.01, "recall@20": 0.02, "ndcg@10": 0.03, "ndcg@20": 0.04}
@@ -32,10 +31,7 @@ def write(path: Path, records: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def summarize():
-    spec = importlib.util.spec_from_file_location("summarize_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_benchmark("summarize_results").main
 
 
 def table(summarize, capsys, path: Path, *args: str) -> list[str]:
