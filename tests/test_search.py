@@ -139,6 +139,25 @@ def test_median_pruning_waits_for_trials_and_epochs(tmp_path: Path) -> None:
     assert late.should_prune()
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_prune_warmup_moves_the_first_epoch_that_may_be_pruned(tmp_path: Path) -> None:
+    args = argparse.Namespace(storage=f"sqlite:///{tmp_path}/w.db", study="w", search="grid", prune="median",
+                              prune_warmup=80)
+    study = open_study(Config("BPR", "ml100k", {"epochs": 2}), args, tmp_path)
+    for _ in range(5):
+        trial = study.ask()
+        for epoch in range(100):
+            trial.report(0.5, epoch)
+        study.tell(trial, 0.5)
+    late = study.ask()
+    late.report(0.01, 25)                    # past the default warm-up, not past 80: kept
+    assert not late.should_prune()
+    late.report(0.01, 85)
+    assert late.should_prune()
+    with pytest.raises(ConfigError, match="prune_warmup"):
+        open_study(Config("BPR", "ml100k", {"epochs": 2}), argparse.Namespace(**{**vars(args), "prune_warmup": -1}), tmp_path)
+
+
 # --- the claim, in one process with fake training --------------------------------------------
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:

@@ -75,7 +75,7 @@ class Closed(Exception):
 
 
 PRUNE_STARTUP_TRIALS = 5   # --prune median: finished trials before any pruning
-PRUNE_WARMUP_EPOCHS = 20   # --prune median: validations of a trial before it can be pruned
+PRUNE_WARMUP_EPOCHS = 20   # --prune median: validations of a trial before it can be pruned (--prune_warmup)
 
 
 # --- parameters <-> Optuna ------------------------------------------------------------------
@@ -183,6 +183,16 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     raise ConfigError(f"cannot open --storage {url}: {error}")
 
 
+def prune_warmup(args: argparse.Namespace) -> int:
+    """``--prune_warmup`` (validations before a trial may be pruned), else 20."""
+    value = getattr(args, "prune_warmup", None)
+    if value is None:
+        return PRUNE_WARMUP_EPOCHS
+    if value < 0:
+        raise ConfigError(f"--prune_warmup must be 0 or more validations, got {value}")
+    return value
+
+
 def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna.Study:
     """Create or join the study; refuse one that was made with a different config or data."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says which study, once
@@ -194,9 +204,9 @@ def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna
     seeds = config["seed"] if isinstance(config["seed"], list) else [config["seed"]]
     seed = int(seeds[0] or 0) + int(getattr(args, "worker_index", 0) or 0)
     sampler = optuna.samplers.TPESampler(seed=seed) if args.search == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-    # no pruning before 5 trials have finished, nor before a trial's 20th validation: auxiliary
-    # weights that start slowly (e.g. SIGREC at 0.1) are not cut at their first epochs
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_EPOCHS) \
+    # no pruning before 5 trials have finished, nor before a trial's --prune_warmup-th validation:
+    # auxiliary weights that start slowly (e.g. SIGREC at 0.1) are not cut at their first epochs
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=prune_warmup(args)) \
         if args.prune == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name,
                                 direction="maximize", load_if_exists=True)
