@@ -14,7 +14,8 @@
 #   refine         TPE over all five at once, on the same lists plus 0.1: 32 trials (the first 10
 #                  random), median pruning from the 80th validation; the bracket's points are
 #                  reused; then the table
-#   refine-table   the 10 best points of every ml100k study record (top.md)
+#   refine-table   the 10 best points of every ml100k study record (top.md), and how well an early
+#                  epoch's score ranks the points (early.md: the pruning warm-up's evidence)
 #   choices        every [choice] alternative and every variant beyond the spec at the best point
 #                  found (one run each at the selection seed; ~25 runs, ~1 h)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
@@ -103,7 +104,8 @@ case "$PHASE" in
     pairs=(); for ((i = 0; i < ${#BASE[@]}; i += 2)); do pairs+=("${BASE[i]#--}=${BASE[i+1]}"); done
     python benchmarks/study_records.py bracket "$ML" "${pairs[@]}" ;;
   refine-table)
-    python benchmarks/study_records.py top "$ML" 10 ;;
+    python benchmarks/study_records.py top "$ML" 10
+    python benchmarks/study_records.py early "$ML" ;;
   refine)
     space "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
       "align_weight=$WEIGHTS" "temperature=$TAUS"

@@ -5,6 +5,7 @@ NDCG@20 breaking ties); test is shown, never used.
     python benchmarks/study_records.py best    OUT [MODEL]          key=value,... of the best ok record
     python benchmarks/study_records.py bracket OUT key=value ...    one-value-at-a-time table around BASE
     python benchmarks/study_records.py top     OUT N                the N best ok records of SIGREC
+    python benchmarks/study_records.py early   OUT                  how well epoch e's score ranks the points
 
 Every SIGREC value is read from the run's own ``config.yaml``, so keys that are no grid key of
 SIGREC.yaml (``temperature``) are found too.
@@ -71,9 +72,30 @@ def top(out: Path, n: int) -> str:
     return text
 
 
+def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) -> str:
+    """Whether a median pruner may stop at epoch e: over the ok SIGREC records that ran past the
+    last e, the Spearman rank correlation of the best valid R@20 up to e with the final one, and
+    the rank at e of the point that ends best (a pruner keeps only the upper half); also early.md."""
+    from scipy.stats import spearmanr
+    runs = [r for r in ok_records(out) if len(r["history"]) > max(epochs)]
+    if len(runs) < 3:
+        raise SystemExit(f"error: {len(runs)} finished runs in {out} reach epoch {max(epochs)}; 3 are needed")
+    final = [r["valid"]["recall@20"] for r in runs]
+    winner = max(range(len(runs)), key=lambda i: (final[i], runs[i]["valid"]["ndcg@20"]))
+    lines = ["| epoch e | rank correlation with the final valid R@20 | rank at e of the final best |", "|---|---|---|"]
+    for e in epochs:
+        at = [max(h["valid_score"] for h in r["history"][:e + 1]) for r in runs]
+        rank = 1 + sum(score > at[winner] for score in at)
+        lines.append(f"| {e} | {spearmanr(at, final).correlation:.2f} | {rank} of {len(runs)} |")
+    text = "\n".join(lines)
+    (out / "early.md").write_text(f"{len(runs)} finished SIGREC runs of this folder that reach epoch {max(epochs)}; "
+                                  f"valid R@20 (the score the pruner sees) best so far at epoch e\n\n{text}\n")
+    return text
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top"):
-        raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N")
+    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top", "early"):
+        raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N | early OUT")
     what, out = argv[0], Path(argv[1])
     if not (out / "results.jsonl").is_file():
         raise SystemExit(f"error: no records in {out}: run the phase that writes them first")
@@ -84,8 +106,10 @@ def main(argv: list[str]) -> None:
         print(",".join(f"{k}={v}" for k, v in max(ok, key=validation_order)["values"].items()))
     elif what == "bracket":
         print(bracket(out, {k: float(v) for k, v in (pair.split("=", 1) for pair in argv[2:])}))
-    else:
+    elif what == "top":
         print(top(out, int(argv[2]) if len(argv) > 2 else 10))
+    else:
+        print(early(out))
 
 
 if __name__ == "__main__":

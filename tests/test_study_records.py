@@ -63,3 +63,17 @@ def test_bracket_keeps_base_and_one_key_moves_and_top_sorts(records, tmp_path) -
 def test_a_folder_without_records_is_one_line(records, tmp_path) -> None:
     with pytest.raises(SystemExit, match="no records in"):
         records.main(["best", str(tmp_path)])
+
+
+def test_early_reports_how_well_an_epoch_ranks_the_final_points(records, tmp_path) -> None:
+    out = _study(tmp_path, [({}, 0.30, 0.2, 0.3), ({"cl_weight": 0.0}, 0.32, 0.2, 0.3),
+                            ({"cl_weight": 0.03}, 0.34, 0.2, 0.3)])
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in lines[:3]:  # early on the order is reversed; from epoch 50 it is the final one
+        final = r["valid"]["recall@20"]
+        r["history"] = [{"valid_score": (0.5 - final) if e < 50 else final} for e in range(120)]
+    (out / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows = {row.split(" | ")[0].strip("| "): row.split(" | ")[1:] for row in records.early(out).splitlines()[2:]}
+    assert rows["20"][0] == "-1.00" and rows["20"][1].startswith("3 of 3")
+    assert rows["60"][0] == "1.00" and rows["60"][1].startswith("1 of 3")
+    assert (out / "early.md").is_file()
