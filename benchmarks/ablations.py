@@ -1,7 +1,7 @@
 """SIGREC's ablation table at one grid point: each variant changes one switch (spec section 9).
 With ``--set choices``, the alternatives of the spec's design choices ([choice]) instead; with
-``--set study``, the variants beyond the spec that the method study tries (noise placement, user
-semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``).
+``--set study``, the variants beyond the spec that the method study tries (noise placement and
+target, user semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``).
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
     python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
@@ -58,6 +58,8 @@ CHOICES: dict[str, list[str]] = {  # the alternative of every [choice] in docs/s
 STUDY: dict[str, list[str]] = {  # beyond the spec: the open choices the study goes into
     "SIGREC": [],
     "noise on the output only (`--perturb_at output`)": ["--perturb_at", "output"],
+    "noise on the behaviour branch, as SimGCL (`--perturb_target behavior`)": ["--perturb_target", "behavior"],
+    "noise on both branches (`--perturb_target both`)": ["--perturb_target", "both"],
     "users' semantics as the mean of their items (`--user_semantics mean`)": ["--user_semantics", "mean"],
     "co-interaction pairs with >= 2 shared users (`--cf_min_count 2`)": ["--cf_min_count", "2"],
     "co-interaction top 5 (`--cf_topk 5`)": ["--cf_topk", "5"],

@@ -359,7 +359,8 @@ def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:
     {"item_input": "projection"}, {"fusion": "mean"}, {"perturb_mode": "constant"}, {"anchor_mode": "direct"},
     {"anchor_detach": False}, {"align_detach": False}, {"n_mm_layers": 2}, {"n_ui_layers": 1},
     {"cl_max_nodes": 64}, {"perturb_at": "output"}, {"user_semantics": "mean"}, {"cf_min_count": 2},
-    {"anchor_detach": False, "anchor_grad_scale": 0.3}])
+    {"anchor_detach": False, "anchor_grad_scale": 0.3}, {"perturb_target": "behavior"},
+    {"perturb_target": "both"}])
 def test_every_switch_alternative_trains_one_batch(ml100k, switch: dict) -> None:
     cfg, data = ml100k
     torch.manual_seed(0)
@@ -524,6 +525,34 @@ def test_noise_at_the_output_has_the_modulus_of_each_row(ml100k) -> None:
     torch.testing.assert_close(got, expect.expand_as(got), rtol=1e-4, atol=1e-7)
     got, expect = norms["every_step"]
     assert not torch.allclose(got[:, :users.numel()], expect[:users.numel()].expand(2, -1), rtol=1e-3)
+
+
+def test_behavior_noise_offsets_equal_the_noisy_lightgcn(ml100k) -> None:
+    """perturb_target behavior: B + offset equals LightGCN with noise after every layer (SimGCL),
+    read at the batch's nodes; the loss then moves the ID embeddings, not the semantic branch."""
+    cfg, data = ml100k
+    torch.manual_seed(0)
+    model = SIGREC(cfg.point({"perturb_target": "behavior", "n_ui_layers": 2, "perturb_eps": 0.2}), data.train)
+    nodes = torch.tensor([0, 3, 40, model.n_users + 2, model.n_users + 500])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        e = model.behavior_noise_offsets(nodes, views=1)
+        torch.manual_seed(5)  # the same draws: layer 1 over all nodes, then layer 2 at the nodes only
+        h0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+        h1 = model.adj @ h0
+        h1 = h1 + perturb(h1, 0.2, "modulus")
+        h2 = model.adj.rows(nodes, h1)
+        h2 = h2 + perturb(h2, 0.2, "modulus")
+        noisy = (h0[nodes] + h1[nodes] + h2) / 3
+    assert e.shape == (1, nodes.numel(), model.dim)
+    torch.testing.assert_close(model.behavior_rows(nodes).detach() + e[0], noisy, rtol=1e-5, atol=1e-6)
+    point = cfg.point({"perturb_target": "behavior", "anchor_weight": 0.0, "align_weight": 0.0})
+    model = SIGREC(point, data.train)
+    model.calculate_loss(next(iter(data.train)))[1].backward()
+    assert model.user_embedding.weight.grad.abs().sum() > 0
+    assert model.proj["v"].weight.grad is None  # only B is perturbed: the semantic branch gets nothing
+    with pytest.raises(ValueError, match="n_ui_layers"):
+        SIGREC(cfg.point({"perturb_target": "both", "n_ui_layers": 0}), data.train)
 
 
 def test_user_semantics_mean_averages_the_users_items(ml100k) -> None:

@@ -23,6 +23,8 @@ Our design choices (each has a config switch; defaults first):
   * fusion: behaviour-driven gates | plain mean                               ``fusion``
   * noise: modulus-scaled | constant (SimGCL)                                 ``perturb_mode``
   * noise placement: after every propagation step (spec) | on the output S^m  ``perturb_at``
+  * what is perturbed: the semantic branch S^m (spec) | the behaviour branch  ``perturb_target``
+    B, after every LightGCN layer (SimGCL's placement; beyond the spec) | both
   * user semantics: R̃ s_i with R̃ the user->item block of Â (spec) | the      ``user_semantics``
     mean of the user's items, D_u^-1 R s_i
   * anchor loss: anchor InfoNCE | direct InfoNCE(s^v, s^t)                    ``anchor_mode``
@@ -97,7 +99,8 @@ class SIGREC(GeneralRecommender):
                "item_input": ("gated", "projection"), "fusion": ("gate", "mean"),
                "perturb_mode": ("modulus", "constant"), "anchor_mode": ("anchor", "direct"),
                "anchor_detach": (True, False), "align_detach": (True, False),
-               "perturb_at": ("every_step", "output"), "user_semantics": ("sym", "mean")}
+               "perturb_at": ("every_step", "output"), "user_semantics": ("sym", "mean"),
+               "perturb_target": ("semantic", "behavior", "both")}
     ranges = {"n_ui_layers": (int, ">= 0"), "n_mm_layers": (int, ">= 1"), "reg_weight": (float, ">= 0"),
               "knn_k": (int, ">= 1"), "cf_topk": (int, ">= 1"), "cf_min_count": (int, ">= 1"),
               "cf_weight": (float, ">= 0"), "graph_block_size": (int, ">= 1"), "perturb_eps": (float, ">= 0"),
@@ -126,17 +129,22 @@ class SIGREC(GeneralRecommender):
         self.item_input = str(_cfg(config, "item_input", "gated"))
         self.fusion = str(_cfg(config, "fusion", "gate"))
         self.perturb_at = str(_cfg(config, "perturb_at", "every_step"))
+        self.perturb_target = str(_cfg(config, "perturb_target", "semantic"))
         self.user_semantics = str(_cfg(config, "user_semantics", "sym"))
         self.anchor_grad_scale = float(_cfg(config, "anchor_grad_scale", 1.0))
         self.align_warmup_epochs = int(_cfg(config, "align_warmup_epochs", 0))
         for key, value, allowed in (("perturb_mode", self.perturb_mode, ("modulus", "constant")),
                                     ("perturb_at", self.perturb_at, ("every_step", "output")),
+                                    ("perturb_target", self.perturb_target, ("semantic", "behavior", "both")),
                                     ("user_semantics", self.user_semantics, ("sym", "mean")),
                                     ("anchor_mode", self.anchor_mode, ("anchor", "direct")),
                                     ("item_input", self.item_input, ("gated", "projection")),
                                     ("fusion", self.fusion, ("gate", "mean"))):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.perturb_target != "semantic" and self.n_ui_layers == 0:
+            raise ValueError(f"perturb_target {self.perturb_target!r} perturbs B after its LightGCN layers: "
+                             f"set n_ui_layers to 1 or more")
 
         feats = self._select_modalities(str(_cfg(config, "modalities", "both")))
         self.modal_names = list(feats)
@@ -304,6 +312,29 @@ class SIGREC(GeneralRecommender):
             eu = prop + perturb(sem[:rows].detach() + prop, self.eps, self.perturb_mode)
             return torch.cat([eu, e], dim=1)
 
+    def behavior_noise_offsets(self, nodes: torch.Tensor, views: int = 2) -> torch.Tensor:
+        """[views, len(nodes), d] offsets e with view = B[nodes] + e: noise after every LightGCN
+        layer, as SimGCL (``perturb_target`` behavior; beyond the spec). With H'⁰ = H⁰ and
+        H'^l = Â H'^{l-1} + Δ(Â H'^{l-1}), the offsets follow e_l = Â e_{l-1} + Δ(H^l + Â e_{l-1}),
+        and B' - B = Σ_l e_l / (L+1) (layer 0 carries no noise). The last layer is computed for
+        ``nodes`` (sorted, unique) only, so its noise is drawn for those rows only."""
+        with torch.no_grad():
+            h = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).detach()
+            n, d = h.shape
+            e = torch.zeros(views, n, d, device=h.device)
+            total = torch.zeros(views, nodes.numel(), d, device=h.device)
+            for layer in range(1, self.n_ui_layers + 1):
+                flat = e.permute(1, 0, 2).reshape(n, -1)
+                if layer < self.n_ui_layers:
+                    h, prop = self.adj @ h, (self.adj @ flat).reshape(n, views, d).permute(1, 0, 2)
+                    e = prop + perturb(h + prop, self.eps, self.perturb_mode)
+                    total = total + e[:, nodes]
+                else:
+                    h_rows = self.adj.rows(nodes, h)
+                    prop = self.adj.rows(nodes, flat).reshape(nodes.numel(), views, d).permute(1, 0, 2)
+                    total = total + prop + perturb(h_rows + prop, self.eps, self.perturb_mode)
+            return total / (self.n_ui_layers + 1)
+
     def fuse(self, b: torch.Tensor, sem: dict[str, torch.Tensor]) -> torch.Tensor:
         """Z (§5) = mean_m g_m(B) ⊙ S^m (gate) or mean_m S^m (mean)."""
         parts = [torch.sigmoid(self.fusion_gate[m](b)) * sem[m] if self.fusion_gate is not None else sem[m]
@@ -355,8 +386,17 @@ class SIGREC(GeneralRecommender):
 
     def perturbation_loss(self, batch: BatchRows) -> torch.Tensor:
         """L_pert = Σ_m [InfoNCE(S^m'_U, S^m''_U) + InfoNCE(S^m'_I, S^m''_I)] (§6): two views with
-        modulus-scaled noise after every propagation step, over the unique users and positives."""
+        modulus-scaled noise after every propagation step, over the unique users and positives.
+        ``perturb_target`` behavior: the same two terms on B's views instead (SimGCL's placement,
+        beyond the spec); both: the sum of the two."""
         loss = batch.b.new_zeros(())
+        if self.perturb_target != "semantic":
+            e = self.behavior_noise_offsets(batch.nodes)
+            for at in (batch.at_users, batch.at_items):
+                clean = batch.b[at]
+                loss = loss + info_nce(clean + e[0, at], clean + e[1, at], self.tau)
+            if self.perturb_target == "behavior":
+                return loss
         for m in self.modal_names:
             e = self.noise_offsets(m, batch.sem_users_items[m], batch.states[m], users=batch.user_rows)
             e = torch.cat([e[:, :batch.n_user_nodes], e[:, batch.n_user_nodes:][:, batch.item_rows]], dim=1)

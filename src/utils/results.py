@@ -45,7 +45,8 @@ def _jsonable(value: Any) -> Any:
 # the key, so those records stay found. amp: no autocast. SIGREC: cl_max_nodes 0 = every batch
 # node in the InfoNCE terms; the study's switches at their spec readings.
 NEUTRAL_DEFAULTS = {"cl_max_nodes": 0, "amp": False, "cf_min_count": 1, "perturb_at": "every_step",
-                    "user_semantics": "sym", "anchor_grad_scale": 1.0, "align_warmup_epochs": 0}
+                    "user_semantics": "sym", "anchor_grad_scale": 1.0, "align_warmup_epochs": 0,
+                    "perturb_target": "semantic"}
 
 
 def point_key(config: dict) -> str:
