@@ -119,8 +119,9 @@ case "$PHASE" in
     echo "best (validation): $(best_point "$ML")" ;;
   choices)
     POINT=$(best_point "$ML")
-    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set choices "${KEEP[@]}"
-    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set study "${KEEP[@]}" ;;
+    # the variants beyond the spec first (perturb_target, the stabilisers), then the spec's choices
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set study "${KEEP[@]}"
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set choices "${KEEP[@]}" ;;
   sports-baselines)
     for m in BPR LightGCN VBPR FREEDOM; do
       python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads 2
