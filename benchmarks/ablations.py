@@ -58,7 +58,7 @@ CHOICES: dict[str, list[str]] = {  # the alternative of every [choice] in docs/s
 STUDY: dict[str, list[str]] = {  # beyond the spec: the open choices the study goes into
     "SIGREC": [],
     "noise on the output only (`--perturb_at output`)": ["--perturb_at", "output"],
-    "noise on the behaviour branch, as SimGCL (`--perturb_target behavior`)": ["--perturb_target", "behavior"],
+    "noise on the behaviour branch, SimGCL's placement (`--perturb_target behavior`)": ["--perturb_target", "behavior"],
     "noise on both branches (`--perturb_target both`)": ["--perturb_target", "both"],
     "users' semantics as the mean of their items (`--user_semantics mean`)": ["--user_semantics", "mean"],
     "co-interaction pairs with >= 2 shared users (`--cf_min_count 2`)": ["--cf_min_count", "2"],

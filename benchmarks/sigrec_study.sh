@@ -12,7 +12,7 @@
 #                  the selection seed (~3-4 min a point on a quiet machine: ~1 h); then the table
 #   bracket-table  the bracket's table (validation selects; test is shown, never used)
 #   refine         TPE over all five at once, on the same lists plus 0.1: 32 trials (the first 10
-#                  random), median pruning from the 80th validation; the bracket's points are
+#                  random), median pruning from epoch 80 on; the bracket's points are
 #                  reused; then the table
 #   refine-table   the 10 best points of every ml100k study record (top.md), and how well an early
 #                  epoch's score ranks the points (early.md: the pruning warm-up's evidence)
@@ -24,7 +24,7 @@
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
 #   sports-search     SIGREC: 8 trials around ml100k's optimum (random: TPE's first 10 trials are),
 #                     median pruning (~1 h a point on 2 cores: ~5-8 h); its lists are the ml100k
-#                     best value of each key and its two neighbours in the refine lists (around)
+#                     best value of each key and its (up to two) neighbours in the refine lists (around)
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
@@ -72,7 +72,8 @@ best_point() {  # the validation-best ok record of MODEL (default SIGREC) in OUT
 }
 
 around() {  # key=list pairs: for every key of the refine lists, ml100k's best value and its neighbours
-  python - "$(best_point "$ML")" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
+  local best; best=$(best_point "$ML") || return 1  # its one-line error is shown
+  python - "$best" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
     "align_weight=$WEIGHTS" "temperature=$TAUS" <<'EOF'
 import sys
 import yaml
@@ -109,7 +110,7 @@ case "$PHASE" in
   refine)
     space "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
       "align_weight=$WEIGHTS" "temperature=$TAUS"
-    # pruned from the 80th validation only: across the first 25 study runs, the rank correlation of
+    # pruned from epoch 80 on only: across the first 25 study runs, the rank correlation of
     # valid R@20 at epoch e with the final one is 0.29 at e 20 (the default warm-up, under which the
     # first attempt, study SIGREC-ml100k-tpe, pruned 21 of 32 trials) and 0.80 at e 80
     python src/main.py -m SIGREC -d ml100k --device cpu --output "$ML" --config_dir "$ML/config" "${KEEP[@]}" \
@@ -128,7 +129,9 @@ case "$PHASE" in
     done ;;
   sports-search)
     # around ml100k's optimum (refine's best): each key's best value and its two neighbours
-    mapfile -t AROUND < <(around)
+    LISTS=$(around)  # not mapfile < <(around): a failure there would pass unseen
+    mapfile -t AROUND <<<"$LISTS"
+    (( ${#AROUND[@]} == 5 )) || { echo "error: no search lists from ml100k's records: run refine first" >&2; exit 1; }
     echo "sports-search lists: ${AROUND[*]}"
     space "$SP/study" "${AROUND[@]}"
     python src/main.py -m SIGREC "${SPORTS[@]}" --device cpu --output "$SP" --config_dir "$SP/study/config" \

@@ -29,7 +29,11 @@ def ok_records(out: Path, model: str = "SIGREC") -> list[dict]:
     for r in ok:
         r["values"] = {k: v for k, v in r["parameters"].items() if k != "seed"}
         if model == "SIGREC":
-            config = yaml.safe_load(next(out.glob(f"runs/SIGREC-*/{r['key']}/config.yaml")).read_text())
+            path = next(out.glob(f"runs/SIGREC-*/{r['key']}/config.yaml"), None)
+            if path is None:
+                raise SystemExit(f"error: the run folder of record {r['key']} (runs/SIGREC-*/{r['key']}/config.yaml) "
+                                 f"is missing in {out}: restore it from git or rerun that point")
+            config = yaml.safe_load(path.read_text())
             r["values"] = {**r["values"], **{k: config[k] for k in KEYS}}
     return ok
 
@@ -73,23 +77,27 @@ def top(out: Path, n: int) -> str:
 
 
 def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) -> str:
-    """Whether a median pruner may stop at epoch e: over the ok SIGREC records that ran past the
-    last e, the Spearman rank correlation of the best valid R@20 up to e with the final one, and
-    the rank at e of the point that ends best (a pruner keeps only the upper half); also early.md."""
+    """Whether a median pruner may stop at epoch e: over the ok SIGREC records validated at every
+    epoch up to the last e, the Spearman rank correlation of each run's best valid R@20 up to e
+    (what Optuna's MedianPruner holds against the others' value at e) with the final one, and the
+    rank at e of the point that ends best (the pruner keeps the upper half); also early.md."""
     from scipy.stats import spearmanr
-    runs = [r for r in ok_records(out) if len(r["history"]) > max(epochs)]
+
+    def scores(r: dict) -> list[float]:
+        return [h["valid_score"] for h in r.get("history") or [] if h.get("valid_score") is not None]
+    runs = [r for r in ok_records(out) if len(scores(r)) > max(epochs)]
     if len(runs) < 3:
         raise SystemExit(f"error: {len(runs)} finished runs in {out} reach epoch {max(epochs)}; 3 are needed")
     final = [r["valid"]["recall@20"] for r in runs]
     winner = max(range(len(runs)), key=lambda i: (final[i], runs[i]["valid"]["ndcg@20"]))
     lines = ["| epoch e | rank correlation with the final valid R@20 | rank at e of the final best |", "|---|---|---|"]
     for e in epochs:
-        at = [max(h["valid_score"] for h in r["history"][:e + 1]) for r in runs]
+        at = [max(scores(r)[:e + 1]) for r in runs]
         rank = 1 + sum(score > at[winner] for score in at)
         lines.append(f"| {e} | {spearmanr(at, final).correlation:.2f} | {rank} of {len(runs)} |")
     text = "\n".join(lines)
     (out / "early.md").write_text(f"{len(runs)} finished SIGREC runs of this folder that reach epoch {max(epochs)}; "
-                                  f"valid R@20 (the score the pruner sees) best so far at epoch e\n\n{text}\n")
+                                  f"each run's best valid R@20 up to epoch e\n\n{text}\n")
     return text
 
 

@@ -89,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "marked failed and retried (default 60)")
     srch.add_argument("--prune", choices=["none", "median"], default="none",
                       help="stop hopeless trials early from per-epoch validation: below the median of "
-                           "earlier trials at the same epoch, after 5 finished trials and --prune_warmup "
-                           "validations (default: none)")
+                           "earlier trials at the same epoch, after 5 finished trials and from epoch "
+                           "--prune_warmup (default: none)")
     srch.add_argument("--prune_warmup", type=int, default=None,
-                      help="validations of a trial before --prune may stop it (default 20); set it where "
+                      help="first epoch at which --prune may stop a trial (default 20); set it where "
                            "early scores rank points as the final ones do (SIGREC on ml100k: 80)")
     return p
 
@@ -167,6 +167,10 @@ def run(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(extra)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     output = Path(args.output).expanduser().resolve()
+    if args.prune_warmup is not None and (args.prune == "none" or args.prune_warmup < 0):
+        raise ConfigError(f"--prune_warmup {args.prune_warmup}: give a whole number >= 0 of epochs, together "
+                          f"with --prune median" if args.prune_warmup < 0 else
+                          "--prune_warmup applies to a pruned search: add --prune median")
     if args.include_selection_seed and not (len(models) > 1 or args.seeds):
         raise ConfigError("--include-selection-seed applies to a comparison (-m A,B,... or --seeds)")
     if len(models) > 1 or args.seeds:

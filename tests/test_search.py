@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optuna.trial import TrialState  # noqa: E402
 
+from main import run  # noqa: E402
 from pg_server import PostgresMissing, postgres_server  # noqa: E402
 from utils import quick_start  # noqa: E402
 from utils.configurator import Config  # noqa: E402
@@ -154,6 +155,9 @@ def test_prune_warmup_moves_the_first_epoch_that_may_be_pruned(tmp_path: Path) -
     assert not late.should_prune()
     late.report(0.01, 85)
     assert late.should_prune()
+    for argv in (["--prune_warmup", "80"], ["--prune", "median", "--prune_warmup", "-1"]):  # one line each
+        with pytest.raises(ConfigError, match="prune_warmup"):
+            run(["-m", "BPR", "-d", "ml100k", "--output", str(tmp_path / "o"), *argv])
     with pytest.raises(ConfigError, match="prune_warmup"):
         open_study(Config("BPR", "ml100k", {"epochs": 2}), argparse.Namespace(**{**vars(args), "prune_warmup": -1}), tmp_path)
 

@@ -546,6 +546,20 @@ def test_behavior_noise_offsets_equal_the_noisy_lightgcn(ml100k) -> None:
         noisy = (h0[nodes] + h1[nodes] + h2) / 3
     assert e.shape == (1, nodes.numel(), model.dim)
     torch.testing.assert_close(model.behavior_rows(nodes).detach() + e[0], noisy, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        two = model.behavior_noise_offsets(nodes)
+    assert two.shape == (2, nodes.numel(), model.dim) and not torch.allclose(two[0], two[1])  # independent views
+    # both = the behaviour terms, then the spec's semantic terms, under the same stream of draws
+    model = SIGREC(cfg.point({"perturb_target": "both"}), data.train)
+    rows = model.encode(model.batch_rows(next(iter(data.train))))
+    torch.manual_seed(1)
+    both = model.perturbation_loss(rows).item()
+    torch.manual_seed(1)
+    parts = []
+    for target in ("behavior", "semantic"):
+        model.perturb_target = target
+        parts.append(model.perturbation_loss(rows).item())
+    assert both == pytest.approx(sum(parts), rel=1e-6) and min(parts) > 0
     point = cfg.point({"perturb_target": "behavior", "anchor_weight": 0.0, "align_weight": 0.0})
     model = SIGREC(point, data.train)
     model.calculate_loss(next(iter(data.train)))[1].backward()

@@ -314,25 +314,26 @@ class SIGREC(GeneralRecommender):
 
     def behavior_noise_offsets(self, nodes: torch.Tensor, views: int = 2) -> torch.Tensor:
         """[views, len(nodes), d] offsets e with view = B[nodes] + e: noise after every LightGCN
-        layer, as SimGCL (``perturb_target`` behavior; beyond the spec). With H'⁰ = H⁰ and
-        H'^l = Â H'^{l-1} + Δ(Â H'^{l-1}), the offsets follow e_l = Â e_{l-1} + Δ(H^l + Â e_{l-1}),
-        and B' - B = Σ_l e_l / (L+1) (layer 0 carries no noise). The last layer is computed for
-        ``nodes`` (sorted, unique) only, so its noise is drawn for those rows only."""
+        layer, placed as SimGCL places it (``perturb_target`` behavior; beyond the spec; the noise
+        is ``perturb_mode``'s, modulus by default, and ``perturb_at`` concerns the semantic branch
+        only). With H'⁰ = H⁰ and H'^l = Â H'^{l-1} + Δ(Â H'^{l-1}), the offsets follow
+        e_l = Â e_{l-1} + Δ(H^l + Â e_{l-1}) (e_0 = 0), and B' - B = Σ_l e_l / (L+1). The last
+        layer is computed for ``nodes`` (sorted, unique) only, so its noise is drawn for those rows."""
         with torch.no_grad():
             h = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).detach()
             n, d = h.shape
-            e = torch.zeros(views, n, d, device=h.device)
-            total = torch.zeros(views, nodes.numel(), d, device=h.device)
+            e, total = None, h.new_zeros(views, nodes.numel(), d)
             for layer in range(1, self.n_ui_layers + 1):
-                flat = e.permute(1, 0, 2).reshape(n, -1)
-                if layer < self.n_ui_layers:
-                    h, prop = self.adj @ h, (self.adj @ flat).reshape(n, views, d).permute(1, 0, 2)
-                    e = prop + perturb(h + prop, self.eps, self.perturb_mode)
-                    total = total + e[:, nodes]
+                last = layer == self.n_ui_layers
+                h = self.adj.rows(nodes, h) if last else self.adj @ h  # the clean H^l
+                if e is None:  # layer 1: nothing to propagate yet
+                    e = perturb(h.expand(views, *h.shape), self.eps, self.perturb_mode)
                 else:
-                    h_rows = self.adj.rows(nodes, h)
-                    prop = self.adj.rows(nodes, flat).reshape(nodes.numel(), views, d).permute(1, 0, 2)
-                    total = total + prop + perturb(h_rows + prop, self.eps, self.perturb_mode)
+                    flat = e.permute(1, 0, 2).reshape(n, -1)
+                    prop = self.adj.rows(nodes, flat) if last else self.adj @ flat
+                    prop = prop.reshape(h.shape[0], views, d).permute(1, 0, 2)
+                    e = prop + perturb(h + prop, self.eps, self.perturb_mode)
+                total = total + (e if last else e[:, nodes])
             return total / (self.n_ui_layers + 1)
 
     def fuse(self, b: torch.Tensor, sem: dict[str, torch.Tensor]) -> torch.Tensor:

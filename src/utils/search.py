@@ -184,12 +184,12 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
 
 
 def prune_warmup(args: argparse.Namespace) -> int:
-    """``--prune_warmup`` (validations before a trial may be pruned), else 20."""
+    """``--prune_warmup`` (the first epoch at which a trial may be pruned: Optuna's steps are epochs), else 20."""
     value = getattr(args, "prune_warmup", None)
     if value is None:
         return PRUNE_WARMUP_EPOCHS
     if value < 0:
-        raise ConfigError(f"--prune_warmup must be 0 or more validations, got {value}")
+        raise ConfigError(f"--prune_warmup must be an epoch >= 0, got {value}")
     return value
 
 
