@@ -72,18 +72,8 @@ best_point() {  # the validation-best ok record of MODEL (default SIGREC) in OUT
 }
 
 around() {  # key=list pairs: for every key of the refine lists, ml100k's best value and its neighbours
-  local best; best=$(best_point "$ML") || return 1  # its one-line error is shown
-  python - "$best" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" "anchor_weight=$WEIGHTS" \
-    "align_weight=$WEIGHTS" "temperature=$TAUS" <<'EOF'
-import sys
-import yaml
-best = {k: float(v) for k, v in (pair.split("=", 1) for pair in sys.argv[1].split(","))}
-for pair in sys.argv[2:]:
-    key, values = pair.split("=", 1)
-    values = yaml.safe_load(values)
-    i = min(range(len(values)), key=lambda j: abs(values[j] - best[key]))
-    print(f"{key}={values[max(0, i - 1):i + 2]}")
-EOF
+  python benchmarks/study_records.py around "$ML" "perturb_eps=$EPS" "cl_weight=$WEIGHTS" \
+    "anchor_weight=$WEIGHTS" "align_weight=$WEIGHTS" "temperature=$TAUS"
 }
 
 WEIGHTS="[0.0, 0.001, 0.003, 0.01, 0.03, 0.1]"

@@ -6,6 +6,7 @@ NDCG@20 breaking ties); test is shown, never used.
     python benchmarks/study_records.py bracket OUT key=value ...    one-value-at-a-time table around BASE
     python benchmarks/study_records.py top     OUT N                the N best ok records of SIGREC
     python benchmarks/study_records.py early   OUT                  how well epoch e's score ranks the points
+    python benchmarks/study_records.py around  OUT key=list ...     each key's best value and its neighbours
 
 Every SIGREC value is read from the run's own ``config.yaml``, so keys that are no grid key of
 SIGREC.yaml (``temperature``) are found too.
@@ -101,9 +102,24 @@ def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) ->
     return text
 
 
+def around(out: Path, lists: dict[str, list[float]]) -> list[str]:
+    """``key=[...]`` for every key: the validation-best SIGREC point's value (the nearest in the
+    list) and its neighbours in the list, up to one on each side."""
+    ok = ok_records(out)
+    if not ok:
+        raise SystemExit(f"error: no finished SIGREC run in {out}/results.jsonl")
+    best = max(ok, key=validation_order)["values"]
+    picked = []
+    for key, values in lists.items():
+        i = min(range(len(values)), key=lambda j: abs(values[j] - float(best[key])))
+        picked.append(f"{key}={values[max(0, i - 1):i + 2]}")
+    return picked
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top", "early"):
-        raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N | early OUT")
+    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top", "early", "around"):
+        raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N | "
+                         "early OUT | around OUT key=list ...")
     what, out = argv[0], Path(argv[1])
     if not (out / "results.jsonl").is_file():
         raise SystemExit(f"error: no records in {out}: run the phase that writes them first")
@@ -114,6 +130,9 @@ def main(argv: list[str]) -> None:
         print(",".join(f"{k}={v}" for k, v in max(ok, key=validation_order)["values"].items()))
     elif what == "bracket":
         print(bracket(out, {k: float(v) for k, v in (pair.split("=", 1) for pair in argv[2:])}))
+    elif what == "around":
+        pairs = (pair.split("=", 1) for pair in argv[2:])
+        print("\n".join(around(out, {k: yaml.safe_load(v) for k, v in pairs})))
     elif what == "top":
         print(top(out, int(argv[2]) if len(argv) > 2 else 10))
     else:

@@ -167,10 +167,9 @@ def run(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(extra)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     output = Path(args.output).expanduser().resolve()
-    if args.prune_warmup is not None and (args.prune == "none" or args.prune_warmup < 0):
-        raise ConfigError(f"--prune_warmup {args.prune_warmup}: give a whole number >= 0 of epochs, together "
-                          f"with --prune median" if args.prune_warmup < 0 else
-                          "--prune_warmup applies to a pruned search: add --prune median")
+    if args.prune_warmup is not None:  # checked before any data is read
+        from utils.search import prune_warmup
+        prune_warmup(args)
     if args.include_selection_seed and not (len(models) > 1 or args.seeds):
         raise ConfigError("--include-selection-seed applies to a comparison (-m A,B,... or --seeds)")
     if len(models) > 1 or args.seeds:

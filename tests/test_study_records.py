@@ -77,3 +77,10 @@ def test_early_reports_how_well_an_epoch_ranks_the_final_points(records, tmp_pat
     assert rows["20"][0] == "-1.00" and rows["20"][1].startswith("3 of 3")
     assert rows["60"][0] == "1.00" and rows["60"][1].startswith("1 of 3")
     assert (out / "early.md").is_file()
+
+
+def test_around_gives_the_best_value_and_its_neighbours(records, tmp_path) -> None:
+    out = _study(tmp_path, [({}, 0.30, 0.2, 0.9), ({"align_weight": 0.003, "perturb_eps": 0.8}, 0.36, 0.2, 0.1)])
+    lists = {"align_weight": [0.0, 0.001, 0.003, 0.01], "perturb_eps": [0.1, 0.2, 0.4, 0.8], "temperature": [0.2, 0.5]}
+    assert records.around(out, lists) == ["align_weight=[0.001, 0.003, 0.01]", "perturb_eps=[0.4, 0.8]",
+                                          "temperature=[0.2, 0.5]"]

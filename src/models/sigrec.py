@@ -133,15 +133,10 @@ class SIGREC(GeneralRecommender):
         self.user_semantics = str(_cfg(config, "user_semantics", "sym"))
         self.anchor_grad_scale = float(_cfg(config, "anchor_grad_scale", 1.0))
         self.align_warmup_epochs = int(_cfg(config, "align_warmup_epochs", 0))
-        for key, value, allowed in (("perturb_mode", self.perturb_mode, ("modulus", "constant")),
-                                    ("perturb_at", self.perturb_at, ("every_step", "output")),
-                                    ("perturb_target", self.perturb_target, ("semantic", "behavior", "both")),
-                                    ("user_semantics", self.user_semantics, ("sym", "mean")),
-                                    ("anchor_mode", self.anchor_mode, ("anchor", "direct")),
-                                    ("item_input", self.item_input, ("gated", "projection")),
-                                    ("fusion", self.fusion, ("gate", "mean"))):
-            if value not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
+        for key in ("perturb_mode", "perturb_at", "perturb_target", "user_semantics", "anchor_mode",
+                    "item_input", "fusion"):  # also inside MMRec, which has no schema check
+            if getattr(self, key) not in self.choices[key]:
+                raise ValueError(f"{key} must be one of {', '.join(self.choices[key])}, not {getattr(self, key)!r}")
         if self.perturb_target != "semantic" and self.n_ui_layers == 0:
             raise ValueError(f"perturb_target {self.perturb_target!r} perturbs B after its LightGCN layers: "
                              f"set n_ui_layers to 1 or more")

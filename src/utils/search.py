@@ -75,7 +75,7 @@ class Closed(Exception):
 
 
 PRUNE_STARTUP_TRIALS = 5   # --prune median: finished trials before any pruning
-PRUNE_WARMUP_EPOCHS = 20   # --prune median: validations of a trial before it can be pruned (--prune_warmup)
+PRUNE_WARMUP_EPOCHS = 20   # --prune median: the first epoch at which a trial may be pruned (--prune_warmup)
 
 
 # --- parameters <-> Optuna ------------------------------------------------------------------
@@ -184,12 +184,15 @@ def make_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
 
 
 def prune_warmup(args: argparse.Namespace) -> int:
-    """``--prune_warmup`` (the first epoch at which a trial may be pruned: Optuna's steps are epochs), else 20."""
+    """``--prune_warmup`` (the first epoch at which a trial may be pruned: Optuna's steps are epochs),
+    else 20; refused below 0 or without ``--prune median``."""
     value = getattr(args, "prune_warmup", None)
     if value is None:
         return PRUNE_WARMUP_EPOCHS
     if value < 0:
         raise ConfigError(f"--prune_warmup must be an epoch >= 0, got {value}")
+    if getattr(args, "prune", "none") == "none":
+        raise ConfigError("--prune_warmup applies to a pruned search: add --prune median")
     return value
 
 
@@ -204,7 +207,7 @@ def open_study(config: Config, args: argparse.Namespace, output: Path) -> optuna
     seeds = config["seed"] if isinstance(config["seed"], list) else [config["seed"]]
     seed = int(seeds[0] or 0) + int(getattr(args, "worker_index", 0) or 0)
     sampler = optuna.samplers.TPESampler(seed=seed) if args.search == "tpe" else optuna.samplers.RandomSampler(seed=seed)
-    # no pruning before 5 trials have finished, nor before a trial's --prune_warmup-th validation:
+    # no pruning before 5 trials have finished, nor before epoch --prune_warmup:
     # auxiliary weights that start slowly (e.g. SIGREC at 0.1) are not cut at their first epochs
     pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=prune_warmup(args)) \
         if args.prune == "median" else optuna.pruners.NopPruner()
