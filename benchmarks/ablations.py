@@ -1,7 +1,9 @@
 """SIGREC's ablation table at one grid point: each variant changes one switch (spec section 9).
 With ``--set choices``, the alternatives of the spec's design choices ([choice]) instead; with
 ``--set study``, the variants beyond the spec that the method study tries (noise placement and
-target, user semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``).
+target, user semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``);
+``--set stabilisers``, the anchors' gradient scale and the collapse check at a strong anchor weight;
+``--set confirm``, the study's lead against the point (with fresh ``--seeds``).
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
     python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
@@ -16,8 +18,8 @@ Other arguments go to every ``main.py`` run (e.g. ``--epochs 2`` for a smoke tes
 Every variant is a normal ``main.py`` run in its own folder under ``--output`` (default
 ``outputs/ablation``), so a rerun skips the variants already finished. The table (Markdown) goes to
 stdout and to ``<output>/ablation.md``; the records, each with its ``variant`` name, to
-``<output>/results.jsonl`` (``choices.md`` and ``choices.jsonl`` for ``--set choices``; the two sets
-share the default's run). Selection is on validation; test metrics are reported.
+``<output>/results.jsonl`` (``<set>.md`` and ``<set>.jsonl`` for the other sets, e.g. ``choices.md``;
+the sets share the default's run and every variant of the same name). Selection is on validation; test metrics are reported.
 """
 from __future__ import annotations
 
@@ -33,6 +35,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 REFUSED = 3  # main.py's exit status when the model refuses the data (ModelInputError)
+
+
+def scaled_anchors(scale: float, weight: float | None = None) -> dict[str, list[str]]:
+    """The variant ``anchor_detach False`` with the anchors' gradient times ``scale`` (at ``weight``)."""
+    flags = (["--anchor_weight", str(weight)] if weight is not None else []) + ["--anchor_detach", "False"] + \
+        (["--anchor_grad_scale", str(scale)] if scale != 1 else [])
+    what = "gradient into the anchors" if scale == 1 else f"anchors' gradient x{scale}"
+    at = f" at anchor_weight {weight}" if weight is not None else ""
+    return {f"{what}{at} (`{' '.join(flags)}`)": flags}
+
+
 VARIANTS: dict[str, list[str]] = {
     "SIGREC": [],
     "no infusion (`--cf_weight 0`)": ["--cf_weight", "0"],
@@ -52,7 +65,7 @@ CHOICES: dict[str, list[str]] = {  # the alternative of every [choice] in docs/s
     "infusion weight 0.5 (`--cf_weight 0.5`)": ["--cf_weight", "0.5"],
     "plain projection as item input (`--item_input projection`)": ["--item_input", "projection"],
     "plain mean fusion (`--fusion mean`)": ["--fusion", "mean"],
-    "gradient into the anchors (`--anchor_detach False`)": ["--anchor_detach", "False"],
+    **scaled_anchors(1),
     "direct InfoNCE(s^v, s^t) (`--anchor_mode direct`)": ["--anchor_mode", "direct"],
 }
 STUDY: dict[str, list[str]] = {  # beyond the spec: the open choices the study goes into
@@ -66,14 +79,18 @@ STUDY: dict[str, list[str]] = {  # beyond the spec: the open choices the study g
     "co-interaction top 20 (`--cf_topk 20`)": ["--cf_topk", "20"],
     "kNN top 5 (`--knn_k 5`)": ["--knn_k", "5"],
     "kNN top 20 (`--knn_k 20`)": ["--knn_k", "20"],
-    "gradient into the anchors (`--anchor_detach False`)": ["--anchor_detach", "False"],
-    "anchors' gradient x0.1 (`--anchor_detach False --anchor_grad_scale 0.1`)":
-        ["--anchor_detach", "False", "--anchor_grad_scale", "0.1"],
+    **scaled_anchors(1),
+    **scaled_anchors(0.1),
     "alignment warm-up, 10 epochs (`--anchor_detach False --align_warmup_epochs 10`)":
         ["--anchor_detach", "False", "--align_warmup_epochs", "10"],
     "both stabilisers (`--anchor_detach False --anchor_grad_scale 0.1 --align_warmup_epochs 10`)":
         ["--anchor_detach", "False", "--anchor_grad_scale", "0.1", "--align_warmup_epochs", "10"],
 }
+STABILISERS: dict[str, list[str]] = {  # anchor_detach False: the anchors' gradient scale, and the collapse
+    "SIGREC": [], **scaled_anchors(1), **scaled_anchors(0.03), **scaled_anchors(0.1), **scaled_anchors(0.3),
+    **scaled_anchors(1, weight=0.1), **scaled_anchors(0.1, weight=0.1)}
+CONFIRM: dict[str, list[str]] = {"SIGREC": [], **scaled_anchors(0.1)}  # the study's lead, for fresh --seeds
+SETS = {"choices": CHOICES, "study": STUDY, "stabilisers": STABILISERS, "confirm": CONFIRM}
 SPEED_VARIANT = {"256 contrastive nodes (`--cl_max_nodes 256`, speed switch)": ["--cl_max_nodes", "256"]}
 
 
@@ -164,9 +181,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="variants trained at once (one thread each)")
     p.add_argument("--output", default=str(ROOT / "outputs" / "ablation"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--set", choices=["ablations", "choices", "study"], default="ablations",
-                   help="the ablations of spec section 9, the alternatives of its design choices, or the "
-                        "study's variants beyond the spec")
+    p.add_argument("--set", choices=["ablations", *SETS], default="ablations",
+                   help="the ablations of spec section 9, the alternatives of its design choices, the "
+                        "study's variants beyond the spec, the anchor stabilisers' scale and collapse "
+                        "check, or the study's lead against the point (confirm, with --seeds)")
     p.add_argument("--seeds", default="", help="comma-separated seeds: each variant once per seed, mean ± std")
     p.add_argument("--speed-variant", action="store_true", help="also run SIGREC with --cl_max_nodes 256")
     args, passthrough = p.parse_known_args()  # anything else goes to main.py (e.g. --epochs 2)
@@ -179,7 +197,7 @@ def main() -> None:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"error: --seeds must be whole numbers separated by commas, not '{args.seeds}'") from None
-    variants = {**{"choices": CHOICES, "study": STUDY}.get(args.set, VARIANTS),
+    variants = {**SETS.get(args.set, VARIANTS),
                 **(SPEED_VARIANT if args.speed_variant else {})}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +206,8 @@ def main() -> None:
                              variants.items()))
     rows[0]["variant"] = "SIGREC (" + ", ".join(f"{k} {v}" for k, v in pairs) + ")"
     text = table(rows)
-    table_name, records_name = {"choices": ("choices.md", "choices.jsonl"), "study": ("study.md", "study.jsonl")}.get(
-        args.set, ("ablation.md", "results.jsonl"))
+    table_name, records_name = (f"{args.set}.md", f"{args.set}.jsonl") if args.set in SETS else (
+        "ablation.md", "results.jsonl")
     if seeds:  # a seed-averaged table beside the one-seed tables
         stem = "-seeds" + "_".join(map(str, seeds))
         table_name, records_name = (table_name.replace(".md", f"{stem}.md"), records_name.replace(".jsonl", f"{stem}.jsonl"))

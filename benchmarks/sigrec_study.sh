@@ -18,13 +18,19 @@
 #                  epoch's score ranks the points (early.md: the pruning warm-up's evidence)
 #   choices        every [choice] alternative and every variant beyond the spec at the best point
 #                  found (one run each at the selection seed; ~25 runs, ~1 h)
+#   stabilisers    anchor_detach False at the best point: the anchors' gradient x{0.03, 0.1, 0.3}
+#                  and the collapse check at anchor_weight 0.1 (one seed each), then the lead
+#                  (x0.1) against the point over 3 seeds of its own (101-103: not the final's)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
 #   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, unpruned (the final
 #                     comparison selects over the same grids and reuses every record; a pruned
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
-#   sports-search     SIGREC: 8 trials around ml100k's optimum (random: TPE's first 10 trials are),
-#                     median pruning (~1 h a point on 2 cores: ~5-8 h); its lists are the ml100k
-#                     best value of each key and its (up to two) neighbours in the refine lists (around)
+#   sports-center     SIGREC at ml100k's validation-best point, unpruned (the first of the 8
+#                     Sports points: the natural start, and a full curve to read)
+#   sports-search     SIGREC: sports-center, then 7 trials around ml100k's optimum (random: TPE's
+#                     first 10 trials are), median pruning (~1 h a point on 2 cores: ~5-8 h); its
+#                     lists are the ml100k best value of each key and its (up to two) neighbours in
+#                     the refine lists (around)
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
@@ -34,13 +40,14 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|sports-baselines|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|stabilisers|sports-baselines|sports-center|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
 KEEP=(--save_model False --quiet)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 WORKERS="${WORKERS:-2}"  # search workers of one thread each (WORKERS=1 beside other jobs)
+THREADS="${THREADS:-2}"  # threads of each Sports run (THREADS=1 for two Sports phases side by side)
 # the selected point of the ml100k rerun (issue "Numbers you can trust"): valid R@20 0.3553
 BASE=(--perturb_eps 0.2 --cl_weight 0.01 --anchor_weight 0.01 --align_weight 0.01 --temperature 0.2)
 
@@ -113,11 +120,21 @@ case "$PHASE" in
     # the variants beyond the spec first (perturb_target, the stabilisers), then the spec's choices
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set study "${KEEP[@]}"
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set choices "${KEEP[@]}" ;;
+  stabilisers)
+    POINT=$(best_point "$ML")
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set stabilisers "${KEEP[@]}"
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set confirm --seeds 101,102,103 "${KEEP[@]}" ;;
   sports-baselines)
     for m in BPR LightGCN VBPR FREEDOM; do
-      python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads 2
+      python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads "$THREADS"
     done ;;
+  sports-center)
+    POINT=$(best_point "$ML"); ARGS=()
+    IFS=, read -ra PAIRS <<<"$POINT"
+    for p in "${PAIRS[@]}"; do ARGS+=("--${p%%=*}" "${p#*=}"); done
+    python src/main.py -m SIGREC "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" "${ARGS[@]}" --threads "$THREADS" ;;
   sports-search)
+    bash "$0" sports-center
     # around ml100k's optimum (refine's best): each key's best value and its two neighbours
     LISTS=$(around)  # not mapfile < <(around): a failure there would pass unseen
     mapfile -t AROUND <<<"$LISTS"
@@ -125,14 +142,14 @@ case "$PHASE" in
     echo "sports-search lists: ${AROUND[*]}"
     space "$SP/study" "${AROUND[@]}"
     python src/main.py -m SIGREC "${SPORTS[@]}" --device cpu --output "$SP" --config_dir "$SP/study/config" \
-      "${KEEP[@]}" --search tpe --trials 8 --prune median --prune_warmup 80 --threads 2
+      "${KEEP[@]}" --search tpe --trials 7 --prune median --prune_warmup 80 --threads "$THREADS"
     echo "best (validation): $(best_point "$SP")" ;;
   sports-choices)
     POINT=$(best_point "$SP")
     # the study set with the speed switch too: is a random 256 of each contrastive set enough there?
-    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
+    OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
       --output "$SP/study/variants" --set choices "${KEEP[@]}"
-    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
+    OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
       --output "$SP/study/variants" --set study --speed-variant "${KEEP[@]}" ;;
   final)
     # ml100k: every model; SMORE and MSCA at the points their TPE searches selected on validation
@@ -156,8 +173,8 @@ EOF
     POINT=$(best_point "$SP")
     space "$SP/final" $(echo "$POINT" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
     python src/main.py -m SIGREC,FREEDOM,VBPR,LightGCN,BPR "${SPORTS[@]}" --device cpu --output "$SP" \
-      --config_dir "$SP/final/config" "${KEEP[@]}" --seeds 999,1,2,3 --threads 2
-    OMP_NUM_THREADS=2 python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
+      --config_dir "$SP/final/config" "${KEEP[@]}" --seeds 999,1,2,3 --threads "$THREADS"
+    OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
   status)  # what each phase has finished so far (reads the records; trains nothing)
     python - "$ML" "$SP" <<'EOF'
 import json, sys
@@ -183,5 +200,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, refine-table, choices, sports-baselines, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, refine-table, choices, stabilisers, sports-baselines, sports-center, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac

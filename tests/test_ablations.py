@@ -82,3 +82,15 @@ def test_a_refusal_needs_the_refusal_status(ablations, tmp_path, monkeypatch) ->
         returncode=2, stderr="error: unknown config key 'cl_wieght'"))
     with pytest.raises(SystemExit, match="cl_wieght"):
         ablations.run_variant("ml100k", ["--cl_wieght", "0.01"], "SIGREC", [], tmp_path, "cpu")
+
+
+def test_a_variant_named_in_two_sets_has_the_same_flags(ablations) -> None:
+    # the sets share a variant's folder by its name, so a name must always mean the same run
+    seen: dict[str, list[str]] = {}
+    for variants in [ablations.VARIANTS, *ablations.SETS.values(), ablations.SPEED_VARIANT]:
+        for name, flags in variants.items():
+            assert seen.setdefault(name, flags) == flags, name
+    assert ablations.scaled_anchors(0.1, weight=0.1)[
+        "anchors' gradient x0.1 at anchor_weight 0.1 (`--anchor_weight 0.1 --anchor_detach False --anchor_grad_scale 0.1`)"
+    ] == ["--anchor_weight", "0.1", "--anchor_detach", "False", "--anchor_grad_scale", "0.1"]
+    assert list(ablations.scaled_anchors(1)) == ["gradient into the anchors (`--anchor_detach False`)"]
