@@ -28,7 +28,8 @@
 #   sports-center     SIGREC at ml100k's validation-best point, unpruned (the first of the 8
 #                     Sports points: the natural start, and a full curve to read)
 #   sports-search     SIGREC: sports-center, then 7 trials around ml100k's optimum (random: TPE's
-#                     first 10 trials are), median pruning (~1 h a point on 2 cores: ~5-8 h); its
+#                     first 10 trials are), median pruning (the center stopped at epoch 72: ~25 min
+#                     a point on 2 threads, ~50 on 1 beside another job; pruning rarely applies); its
 #                     lists are the ml100k best value of each key and its (up to two) neighbours in
 #                     the refine lists (around)
 #   sports-choices    the choices and the study's variants at the Sports best point, one run each
