@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from utils.results import write_text_atomic  # noqa: E402
 REFUSED = 3  # main.py's exit status when the model refuses the data (ModelInputError)
 
 
@@ -211,12 +212,11 @@ def main() -> None:
     if seeds:  # a seed-averaged table beside the one-seed tables
         stem = "-seeds" + "_".join(map(str, seeds))
         table_name, records_name = (table_name.replace(".md", f"{stem}.md"), records_name.replace(".jsonl", f"{stem}.jsonl"))
-    (out / table_name).write_text(text + "\n", encoding="utf-8")
-    with open(out / records_name, "w", encoding="utf-8") as fh:
-        for r in rows:
-            for run in r.get("runs") or [r]:  # one line per trained run (or the refusal)
-                fh.write(json.dumps({**{k: v for k, v in run.items() if k not in ("history", "runs")},
-                                     "variant": r["variant"], "overrides": r["overrides"]}) + "\n")
+    write_text_atomic(out / table_name, text + "\n")
+    write_text_atomic(out / records_name, "".join(  # one line per trained run (or the refusal)
+        json.dumps({**{k: v for k, v in run.items() if k not in ("history", "runs")},
+                    "variant": r["variant"], "overrides": r["overrides"]}) + "\n"
+        for r in rows for run in r.get("runs") or [r]))
     print(text)
 
 

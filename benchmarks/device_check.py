@@ -37,6 +37,7 @@ from common.trainer import Trainer  # noqa: E402
 from utils.errors import HarnessError  # noqa: E402
 from utils.profiling import count_host_syncs  # noqa: E402
 from utils.quick_start import Data, load_data, train_point  # noqa: E402
+from utils.results import write_text_atomic  # noqa: E402
 from utils.utils import get_model, init_seed  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "src" / "models"
@@ -243,8 +244,8 @@ def main() -> int:
               **check.rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "device_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    (out / "device_check.md").write_text(markdown(report), encoding="utf-8")
+    write_text_atomic(out / "device_check.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(out / "device_check.md", markdown(report))
     print(markdown(report))
     return 1 if any(r.get("status") == "error" for rows in check.rows.values() for r in rows) else 0
 

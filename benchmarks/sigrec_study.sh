@@ -22,7 +22,7 @@
 #                  and the collapse check at anchor_weight 0.1 (one seed each), then the lead
 #                  (x0.1) against the point over 3 seeds of its own (101-103: not the final's)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
-#   sports-baselines  BPR, LightGCN, VBPR and FREEDOM: their default grids, unpruned (the final
+#   sports-baselines  FREEDOM, VBPR, LightGCN and BPR (strongest first): their default grids, unpruned (the final
 #                     comparison selects over the same grids and reuses every record; a pruned
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
 #   sports-center     SIGREC at ml100k's validation-best point, unpruned (the first of the 8
@@ -126,7 +126,7 @@ case "$PHASE" in
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set stabilisers "${KEEP[@]}"
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set confirm --seeds 101,102,103 "${KEEP[@]}" ;;
   sports-baselines)
-    for m in BPR LightGCN VBPR FREEDOM; do
+    for m in FREEDOM VBPR LightGCN BPR; do  # the strongest first: FREEDOM is SIGREC's rival there
       python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads "$THREADS"
     done ;;
   sports-center)

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from utils.results import write_text_atomic  # noqa: E402
+
 KEYS = ("perturb_eps", "cl_weight", "anchor_weight", "align_weight", "temperature")  # the study's five
 
 
@@ -62,7 +65,7 @@ def bracket(out: Path, base: dict[str, float]) -> str:
     lines = ["| varied | value | " + METRIC_HEAD, "|---|---|---|---|---|---|---|"]
     lines += [row(r, [key, str(value)]) for key, value, r in sorted(rows, key=lambda x: (x[0], float(x[1] or 0)))]
     text = "\n".join(lines)
-    (out / "bracket.md").write_text("BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
+    write_text_atomic(out / "bracket.md", "BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
     return text
 
 
@@ -72,7 +75,7 @@ def top(out: Path, n: int) -> str:
     lines = ["| rank | " + " | ".join(KEYS) + " | " + METRIC_HEAD, "|" + "---|" * (len(KEYS) + 6)]
     lines += [row(r, [str(i + 1)] + [str(r["values"][k]) for k in KEYS]) for i, r in enumerate(ok[:n])]
     text = "\n".join(lines)
-    (out / "top.md").write_text(f"The {min(n, len(ok))} best of {len(ok)} finished SIGREC points on validation "
+    write_text_atomic(out / "top.md", f"The {min(n, len(ok))} best of {len(ok)} finished SIGREC points on validation "
                                 f"(every phase's records in this folder)\n\n{text}\n")
     return text
 
@@ -97,7 +100,7 @@ def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) ->
         rank = 1 + sum(score > at[winner] for score in at)
         lines.append(f"| {e} | {spearmanr(at, final).correlation:.2f} | {rank} of {len(runs)} |")
     text = "\n".join(lines)
-    (out / "early.md").write_text(f"{len(runs)} finished SIGREC runs of this folder that reach epoch {max(epochs)}; "
+    write_text_atomic(out / "early.md", f"{len(runs)} finished SIGREC runs of this folder that reach epoch {max(epochs)}; "
                                   f"each run's best valid R@20 up to epoch e\n\n{text}\n")
     return text
 

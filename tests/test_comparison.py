@@ -299,6 +299,7 @@ def test_plots_are_written(tmp_path):
     store = ResultsStore(_write_results(tmp_path))
     table = build_table({m: store.select(model=m) for m in ["A", "B", "C"]}, "toy")
     _png_ok(plot_bars(table, tmp_path / "bars.png"))
+    assert not [f.name for f in tmp_path.rglob("*") if ".tmp" in f.name]  # written atomically
 
 
 # --- orchestration --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from utils.configurator import Config
 from utils.dataset import FINGERPRINT_CACHE, fingerprint
 from utils.errors import ConfigError
 from utils.quick_start import RunOptions, load_data, run_grid, train_point
-from utils.results import DATA_KEY, ResultsStore, atomic_write, point_key
+from utils.results import DATA_KEY, ResultsStore, atomic_write, point_key, write_text_atomic
 
 
 def tiny_inter(shift: int = 0) -> str:
@@ -171,3 +172,33 @@ def test_atomic_write_uses_a_temporary_of_this_process(tmp_path: Path) -> None:
     with atomic_write(target) as fh:
         fh.write(b"new")
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
+
+
+def test_tables_written_by_many_threads_are_never_torn(tmp_path: Path) -> None:
+    """Derived tables (comparison.md, ablation tables, study summaries) go through
+    write_text_atomic: with 6 writer threads and a reader racing them, every read is one whole
+    version, and no temporary is left behind."""
+    target = tmp_path / "table.md"
+    versions = {f"| writer {w} |\n" + ("row " * 4000 + "\n") * 20 for w in range(6)}
+    write_text_atomic(target, next(iter(versions)))
+    stop, seen, errors = threading.Event(), set(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            text = target.read_text(encoding="utf-8")
+            (seen.add if text in versions else errors.append)(text[:20])
+
+    def write(text: str) -> None:
+        for _ in range(15):
+            write_text_atomic(target, text)
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(v,)) for v in versions]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert not errors and seen and target.read_text(encoding="utf-8") in versions
+    assert list(tmp_path.iterdir()) == [target]

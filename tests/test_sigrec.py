@@ -327,6 +327,41 @@ def test_cache_key_changes_with_inputs_and_is_reused(ml100k) -> None:
         [p for p in model.cache_files if p.name.startswith("knn_")]
 
 
+@pytest.mark.parametrize("cache", ["sigrec", "harness"])
+def test_graph_cache_built_by_many_threads_at_once_is_whole(tmp_path, cache: str) -> None:
+    """Search workers in one process may build the same graph together: each thread writes its
+    own temporary (pid and thread), so every one returns the graph and one whole file is left.
+    Both caches: SIGREC's own (it imports only common.*) and utils.graph's."""
+    import threading
+    import time
+
+    from models.sigrec import cached_graph
+    from utils.graph import cached_sparse
+    mat = sp.random(40, 40, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    results, errors, start = [], [], threading.Barrier(6)
+
+    def build() -> sp.csr_matrix:
+        time.sleep(0.05)  # every thread is inside the build before any has written
+        return mat
+
+    def worker() -> None:
+        start.wait()
+        try:
+            results.append(cached_graph(tmp_path, "g", build) if cache == "sigrec"
+                           else cached_sparse("g", ("key",), build, tmp_path))
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 6
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("g") and files[0].suffix == ".npz"
+    assert all((r != mat).nnz == 0 for r in results)
+
+
 def test_bad_switch_values_are_refused(ml100k) -> None:
     cfg, data = ml100k
     for key, value in (("fusion", "max"), ("item_input", "x"), ("infusion", "mul"), ("modalities", "audio")):

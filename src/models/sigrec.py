@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -875,9 +876,12 @@ def cached_graph(folder: Path | None, name: str, build: Any) -> sp.csr_matrix:
         except (OSError, ValueError, KeyError) as exc:  # torn or foreign file: rebuild it
             logging.getLogger().warning(f"ignoring unreadable graph cache {path}: {exc}")
     mat = build()
-    tmp = folder / f"{name}.tmp{os.getpid()}.npz"
-    sp.save_npz(tmp, mat)
-    os.replace(tmp, path)
+    tmp = folder / f"{name}.tmp{os.getpid()}-{threading.get_ident()}.npz"  # per process and thread
+    try:
+        sp.save_npz(tmp, mat)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed
     return mat
 
 

@@ -27,7 +27,7 @@ from utils.errors import ConfigError, HarnessError
 from utils.logger import init_logger
 from utils.plots import plot_bars, plot_curves, plot_sensitivity, sensitivity_series
 from utils.quick_start import RunOptions, grid_points, load_data, params_text, run_dir, run_grid
-from utils.results import ResultsStore, point_key, prepare_output
+from utils.results import ResultsStore, point_key, prepare_output, write_text_atomic
 from utils.statistics import ComparisonTable, build_table, write_table
 from utils.utils import resolve_device
 
@@ -270,7 +270,7 @@ def report(results: list[ModelRuns], dataset: str, folder: Path) -> dict[str, Pa
                "table": {"means": table.means, "stds": table.stds, "n_seeds": table.n_seeds,
                          "improvement_pct": table.improvement, "tests": [t.__dict__ for t in table.tests]}}
     paths["json"] = folder / "comparison.json"
-    paths["json"].write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(paths["json"], json.dumps(summary, indent=2, default=str))
     log.info("comparison written:\n" + "\n".join(f"  {p}" for p in paths.values()))
     return paths
 

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from utils.errors import ModelInputError
+from utils.results import atomic_write
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -328,13 +329,11 @@ def cached_sparse(name: str, key_parts: tuple, build: Callable[[], sp.spmatrix],
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache file: rebuild it
     mat = sp.csr_matrix(build(), dtype=np.float32)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_write(path) as fh:  # a temporary per process and thread, renamed into place
             np.savez(fh, data=mat.data, indices=mat.indices, indptr=mat.indptr, shape=np.array(mat.shape))
-        os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a cache that cannot be written is not an error
+        pass  # a cache that cannot be written is not an error
     return mat
 
 

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from utils.results import atomic_write  # noqa: E402
 from utils.statistics import TABLE_METRICS, ComparisonTable  # noqa: E402
 
 DPI = 120
@@ -19,7 +20,8 @@ DPI = 120
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with atomic_write(path) as fh:  # a file object: the format comes from the name's suffix
+        fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=DPI, bbox_inches="tight")
     return path
 
 

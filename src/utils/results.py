@@ -73,6 +73,14 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)  # only left when writing failed
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_write``: a table or summary that a reader
+    (or a second writer) opens never shows half of one."""
+    with atomic_write(Path(path)) as fh:
+        fh.write(text.encode("utf-8"))
+    return Path(path)
+
+
 _TORN_REPORTED: set[tuple[str, int, int]] = set()  # (file, line number, hash): warned once per process
 
 

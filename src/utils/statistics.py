@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 from utils.errors import HarnessError
+from utils.results import write_text_atomic
 
 # The table's columns: metric key in the records -> short header.
 TABLE_METRICS = {"recall@10": "R@10", "recall@20": "R@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
@@ -273,7 +274,7 @@ def write_table(table: ComparisonTable, folder: Path) -> dict[str, Path]:
     """comparison.md / .csv / .tex in ``folder``; returns the paths by format."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"md": folder / "comparison.md", "csv": folder / "comparison.csv", "tex": folder / "comparison.tex"}
-    paths["md"].write_text(table.to_markdown(), encoding="utf-8")
-    paths["csv"].write_text(table.to_csv(), encoding="utf-8")
-    paths["tex"].write_text(table.to_latex(), encoding="utf-8")
+    write_text_atomic(paths["md"], table.to_markdown())
+    write_text_atomic(paths["csv"], table.to_csv())
+    write_text_atomic(paths["tex"], table.to_latex())
     return paths
