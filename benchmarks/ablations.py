@@ -3,7 +3,8 @@ With ``--set choices``, the alternatives of the spec's design choices ([choice])
 ``--set study``, the variants beyond the spec that the method study tries (noise placement and
 target, user semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``);
 ``--set stabilisers``, the anchors' gradient scale and the collapse check at a strong anchor weight;
-``--set confirm``, the study's lead against the point (with fresh ``--seeds``).
+``--set confirm``, the study's lead against the point (with fresh ``--seeds``); ``--set sports-study``,
+the part of ``study`` that Amazon Sports' sparsity may change, and ml100k's lead.
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
     python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
@@ -91,7 +92,13 @@ STABILISERS: dict[str, list[str]] = {  # anchor_detach False: the anchors' gradi
     "SIGREC": [], **scaled_anchors(1), **scaled_anchors(0.03), **scaled_anchors(0.1), **scaled_anchors(0.3),
     **scaled_anchors(1, weight=0.1), **scaled_anchors(0.1, weight=0.1)}
 CONFIRM: dict[str, list[str]] = {"SIGREC": [], **scaled_anchors(0.1)}  # the study's lead, for fresh --seeds
-SETS = {"choices": CHOICES, "study": STUDY, "stabilisers": STABILISERS, "confirm": CONFIRM}
+# Sports (one modality, sparse; a run costs ~50 min on one thread): the study's variants that its
+# sparsity may change (graph density, noise placement, user semantics) and ml100k's lead
+SPORTS_STUDY: dict[str, list[str]] = {name: flags for name, flags in STUDY.items() if " ".join(flags) in (
+    "", "--perturb_at output", "--perturb_target both", "--user_semantics mean", "--cf_min_count 2",
+    "--cf_topk 20", "--knn_k 5", "--anchor_detach False --anchor_grad_scale 0.1")}
+SETS = {"choices": CHOICES, "study": STUDY, "sports-study": SPORTS_STUDY, "stabilisers": STABILISERS,
+        "confirm": CONFIRM}
 SPEED_VARIANT = {"256 contrastive nodes (`--cl_max_nodes 256`, speed switch)": ["--cl_max_nodes", "256"]}
 
 

@@ -94,3 +94,9 @@ def test_a_variant_named_in_two_sets_has_the_same_flags(ablations) -> None:
         "anchors' gradient x0.1 at anchor_weight 0.1 (`--anchor_weight 0.1 --anchor_detach False --anchor_grad_scale 0.1`)"
     ] == ["--anchor_weight", "0.1", "--anchor_detach", "False", "--anchor_grad_scale", "0.1"]
     assert list(ablations.scaled_anchors(1)) == ["gradient into the anchors (`--anchor_detach False`)"]
+
+
+def test_the_sports_study_set_is_a_subset_of_study_with_the_lead(ablations) -> None:
+    sports, study = ablations.SETS["sports-study"], ablations.SETS["study"]
+    assert sports.items() <= study.items() and "SIGREC" in sports and len(sports) == 8
+    assert ["--anchor_detach", "False", "--anchor_grad_scale", "0.1"] in sports.values()

@@ -369,6 +369,17 @@ def test_bad_switch_values_are_refused(ml100k) -> None:
             SIGREC(cfg.point({key: value}), data.train)
 
 
+def test_direct_anchor_loss_on_one_modality_is_refused(ml100k) -> None:
+    """InfoNCE(s^v, s^t) needs two views: on one modality it would train silently without any
+    anchor loss, so it is one clear refusal (main.py prints it and exits 3; ablations mark it)."""
+    from utils.errors import ModelInputError
+    cfg, data = ml100k
+    one = cfg.point({"modalities": "text", "anchor_mode": "direct"})
+    with pytest.raises(ModelInputError, match="two modalities.*anchor_mode anchor"):
+        SIGREC(one, data.train)
+    assert SIGREC(one.point({"anchor_weight": 0.0}), data.train).modal_names == ["t"]
+
+
 # --- end to end -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigrec_beats_lightgcn_on_ml100k(tmp_path) -> None:

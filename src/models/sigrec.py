@@ -145,7 +145,8 @@ class SIGREC(GeneralRecommender):
         feats = self._select_modalities(str(_cfg(config, "modalities", "both")))
         self.modal_names = list(feats)
         if self.anchor_mode == "direct" and len(feats) < 2 and self.anchor_weight > 0:
-            logging.getLogger().warning("anchor_mode 'direct' needs two modalities; the anchor loss is 0")
+            raise ModelInputError(f"anchor_mode 'direct' contrasts two modalities, but this data has one "
+                                  f"({'image' if 'v' in feats else 'text'}): use anchor_mode anchor, or anchor_weight 0")
 
         # frozen graphs
         inter = _binary(dataloader.inter_matrix(form="coo"))
