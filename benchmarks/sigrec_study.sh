@@ -32,7 +32,8 @@
 #                     a point on 2 threads, ~50 on 1 beside another job; pruning rarely applies); its
 #                     lists are the ml100k best value of each key and its (up to two) neighbours in
 #                     the refine lists (around)
-#   sports-choices    the choices and the study's variants at the Sports best point, one run each
+#   sports-choices    the choices and the study's Sports set at the Sports best point, one run each
+#                     (17 runs, ~50 min each on one thread; the direct anchor loss is refused: one modality)
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
 # After the defaults in SIGREC.yaml are set from both studies' validation figures:
@@ -147,11 +148,12 @@ case "$PHASE" in
     echo "best (validation): $(best_point "$SP")" ;;
   sports-choices)
     POINT=$(best_point "$SP")
-    # the study set with the speed switch too: is a random 256 of each contrastive set enough there?
     OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
       --output "$SP/study/variants" --set choices "${KEEP[@]}"
+    # the study's Sports part (sparsity: graph density, noise placement, user semantics; ml100k's lead)
+    # with the speed switch too: is a random 256 of each contrastive set enough there?
     OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 \
-      --output "$SP/study/variants" --set study --speed-variant "${KEEP[@]}" ;;
+      --output "$SP/study/variants" --set sports-study --speed-variant "${KEEP[@]}" ;;
   final)
     # ml100k: every model; SMORE and MSCA at the points their TPE searches selected on validation
     # (benchmarks/evidence_peers.sh ml100k), as one-point yamls beside the built-in ones
