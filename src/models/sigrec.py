@@ -413,7 +413,7 @@ class SIGREC(GeneralRecommender):
         for at in (batch.at_users, batch.at_items):
             views = [batch.sem[m][at] for m in self.modal_names]
             if self.anchor_mode == "direct":
-                loss = loss + (info_nce(views[0], views[1], self.tau) if len(views) > 1 else batch.b.new_zeros(()))
+                loss = loss + info_nce(views[0], views[1], self.tau)  # two modalities: checked in __init__
                 continue
             anchor = batch.b[at].detach() if self.anchor_detach else _scale_grad(batch.b[at], self.anchor_grad_scale)
             loss = loss + anchor_info_nce(anchor, views, self.tau)
