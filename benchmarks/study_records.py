@@ -7,6 +7,7 @@ NDCG@20 breaking ties); test is shown, never used.
     python benchmarks/study_records.py top     OUT N                the N best ok records of SIGREC
     python benchmarks/study_records.py early   OUT                  how well epoch e's score ranks the points
     python benchmarks/study_records.py around  OUT key=list ...     each key's best value and its neighbours
+    python benchmarks/study_records.py curves  OUT MODEL ...        each model's validation-best run, per epoch
 
 Every SIGREC value is read from the run's own ``config.yaml``, so keys that are no grid key of
 SIGREC.yaml (``temperature``) are found too.
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from utils.plots import plot_curves, plot_sensitivity  # noqa: E402
 from utils.results import write_text_atomic  # noqa: E402
 
 KEYS = ("perturb_eps", "cl_weight", "anchor_weight", "align_weight", "temperature")  # the study's five
@@ -56,7 +58,8 @@ METRIC_HEAD = "epochs (best) | valid R@20 | valid N@20 | test R@20 | test N@20 |
 
 
 def bracket(out: Path, base: dict[str, float]) -> str:
-    """BASE and every record that moves one key of BASE, sorted by key and value; also bracket.md."""
+    """BASE and every record that moves one key of BASE, sorted by key and value; also bracket.md
+    and bracket.png (validation and test R@20 against each moved key's value, BASE included)."""
     rows = []
     for r in ok_records(out):
         moved = [k for k in base if float(r["values"][k]) != base[k]]
@@ -65,6 +68,14 @@ def bracket(out: Path, base: dict[str, float]) -> str:
     lines = ["| varied | value | " + METRIC_HEAD, "|---|---|---|---|---|---|---|"]
     lines += [row(r, [key, str(value)]) for key, value, r in sorted(rows, key=lambda x: (x[0], float(x[1] or 0)))]
     text = "\n".join(lines)
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for key, value, r in rows:
+        if key != "BASE":
+            series.setdefault(key, []).append((float(value), r["valid"]["recall@20"], r["test"]["recall@20"]))
+    for key, r in [(k, r) for k in series for name, _, r in rows if name == "BASE"]:
+        series[key].append((base[key], r["valid"]["recall@20"], r["test"]["recall@20"]))
+    plot_sensitivity("SIGREC", series, out / "bracket.png",
+                     others="one key at a time, the others at BASE; seed 999; validation selects, test is shown")
     write_text_atomic(out / "bracket.md", "BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
     return text
 
@@ -105,6 +116,22 @@ def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) ->
     return text
 
 
+def curves(out: Path, models: list[str]) -> Path:
+    """Loss and validation R@20 per epoch of each model's validation-best ok run in ``out``
+    (SIGREC's runs are labelled with their five values); curves.png in ``out``."""
+    histories = {}
+    for model in models:
+        ok = [r for r in ok_records(out, model) if r.get("history")]
+        if not ok:
+            raise SystemExit(f"error: no finished {model} run with a history in {out}/results.jsonl")
+        best = max(ok, key=validation_order)
+        label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["values"].items())
+        histories[f"{model} ({label})" if label else model] = best["history"]
+    dataset = ok[0].get("dataset", out.name)
+    return plot_curves(histories, out / "curves.png",
+                       title=f"{dataset}: each model's validation-best run (seed {best.get('seed')})")
+
+
 def around(out: Path, lists: dict[str, list[float]]) -> list[str]:
     """``key=[...]`` for every key: the validation-best SIGREC point's value (the nearest in the
     list) and its neighbours in the list, up to one on each side."""
@@ -120,9 +147,9 @@ def around(out: Path, lists: dict[str, list[float]]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top", "early", "around"):
+    if len(argv) < 2 or argv[0] not in ("best", "bracket", "top", "early", "around", "curves"):
         raise SystemExit("usage: study_records.py best OUT [MODEL] | bracket OUT key=value ... | top OUT N | "
-                         "early OUT | around OUT key=list ...")
+                         "early OUT | around OUT key=list ... | curves OUT MODEL ...")
     what, out = argv[0], Path(argv[1])
     if not (out / "results.jsonl").is_file():
         raise SystemExit(f"error: no records in {out}: run the phase that writes them first")
@@ -136,6 +163,8 @@ def main(argv: list[str]) -> None:
     elif what == "around":
         pairs = (pair.split("=", 1) for pair in argv[2:])
         print("\n".join(around(out, {k: yaml.safe_load(v) for k, v in pairs})))
+    elif what == "curves":
+        print(curves(out, argv[2:] or ["SIGREC"]))
     elif what == "top":
         print(top(out, int(argv[2]) if len(argv) > 2 else 10))
     else:

@@ -55,6 +55,7 @@ def test_bracket_keeps_base_and_one_key_moves_and_top_sorts(records, tmp_path) -
     rows = records.bracket(out, BASE).splitlines()[2:]
     assert [r.split(" | ")[:2] for r in rows] == [["| BASE", ""], ["| cl_weight", "0.0"], ["| temperature", "0.5"]]
     assert (out / "bracket.md").read_text().startswith("BASE: perturb_eps 0.2")
+    assert (out / "bracket.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ranked = records.top(out, 2).splitlines()[2:]
     assert len(ranked) == 2 and "| 0.4000 |" in ranked[0] and "| 0.3300 |" in ranked[1]
     assert "best of 4 finished" in (out / "top.md").read_text()
@@ -84,3 +85,19 @@ def test_around_gives_the_best_value_and_its_neighbours(records, tmp_path) -> No
     lists = {"align_weight": [0.0, 0.001, 0.003, 0.01], "perturb_eps": [0.1, 0.2, 0.4, 0.8], "temperature": [0.2, 0.5]}
     assert records.around(out, lists) == ["align_weight=[0.001, 0.003, 0.01]", "perturb_eps=[0.4, 0.8]",
                                           "temperature=[0.2, 0.5]"]
+
+
+def test_curves_plot_each_models_validation_best_run(records, tmp_path, monkeypatch) -> None:
+    out = _study(tmp_path, [({}, 0.30, 0.2, 0.9), ({"align_weight": 0.003}, 0.36, 0.2, 0.1)])
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for r in lines:
+        if r["status"] == "ok":
+            r["history"] = [{"epoch": e, "loss": 10.0 - e, "valid_score": r["valid"]["recall@20"]} for e in range(5)]
+    (out / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    plotted = {}
+    monkeypatch.setattr(records, "plot_curves", lambda histories, path, title: plotted.update(histories) or path)
+    assert records.curves(out, ["SIGREC", "BPR"]) == out / "curves.png"
+    sigrec = next(label for label in plotted if label.startswith("SIGREC"))
+    assert "align_weight 0.003" in sigrec and "BPR (reg_weight 0.1)" in plotted  # validation's best, not test's
+    with pytest.raises(SystemExit, match="no finished LightGCN run"):
+        records.curves(out, ["LightGCN"])

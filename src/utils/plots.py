@@ -58,8 +58,9 @@ def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Rec
     for ax in (ax_loss, ax_valid):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.lines:
-            ax.legend()
+    if ax_loss.lines:  # one legend for both panels, below them: labels may be long (a run's values)
+        fig.legend(*ax_loss.get_legend_handles_labels(), loc="outside lower center",
+                   ncols=1 if max(len(m) for m in histories) > 40 else min(4, len(histories)))
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -83,8 +84,10 @@ def sensitivity_series(points: list[tuple[dict, dict]], best: dict, metric: str 
 
 
 def plot_sensitivity(model: str, series: dict[str, list[tuple[Any, float, float]]], path: Path,
-                     metric: str = "Recall@20") -> Path | None:
-    """One panel per hyper-parameter: validation and test ``metric`` against its value."""
+                     metric: str = "Recall@20",
+                     others: str = "other hyper-parameters at their best; selection seed") -> Path | None:
+    """One panel per hyper-parameter: validation and test ``metric`` against its value; ``others``
+    says where the other hyper-parameters are held (the figure's subtitle)."""
     if not series:
         return None
     n = len(series)
@@ -103,15 +106,17 @@ def plot_sensitivity(model: str, series: dict[str, list[tuple[Any, float, float]
         positive = [x for x in xs if x > 0]
         if numeric and _spans_decades(xs):
             ax.set_xscale("log")
-        elif numeric and min(xs) == 0 and len(positive) > 1 and _spans_decades(positive):
-            ax.set_xscale("symlog", linthresh=min(positive))  # 0 plus values over decades
+        elif numeric and min(xs) == 0 and len(positive) > 1 and max(positive) / min(positive) >= 10:
+            ax.set_xscale("symlog", linthresh=min(positive))  # 0 plus values over a decade or more
             ax.set_xlim(left=0)
+            if len(xs) <= 8:
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
         elif numeric and len(xs) <= 8:
             ax.set_xticks(xs, [f"{x:g}" for x in xs])  # a tick at every grid value
         ax.set(xlabel=key, ylabel=metric, title=key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{model}: grid sensitivity\n(other hyper-parameters at their best; selection seed)")
+    fig.suptitle(f"{model}: grid sensitivity\n({others})")
     return _save(fig, path)
 
 
