@@ -4,7 +4,8 @@ With ``--set choices``, the alternatives of the spec's design choices ([choice])
 target, user semantics, the co-interaction graph's k and threshold, stabilisers for ``anchor_detach False``);
 ``--set stabilisers``, the anchors' gradient scale and the collapse check at a strong anchor weight;
 ``--set confirm``, the study's lead against the point (with fresh ``--seeds``); ``--set sports-study``,
-the part of ``study`` that Amazon Sports' sparsity may change, and ml100k's lead.
+the part of ``study`` that Amazon Sports' sparsity may change, and ml100k's lead; ``--set held``, the
+settings held at MGCN's values (L2 weight, layer counts, learning-rate decay).
 
     python benchmarks/ablations.py -d ml100k --point perturb_eps=0.2,cl_weight=0.01,anchor_weight=0.01,align_weight=0.01 --workers 2
     python benchmarks/ablations.py -d ml100k --point ... --workers 2 --set choices
@@ -97,8 +98,19 @@ CONFIRM: dict[str, list[str]] = {"SIGREC": [], **scaled_anchors(0.1)}  # the stu
 SPORTS_STUDY: dict[str, list[str]] = {name: flags for name, flags in STUDY.items() if " ".join(flags) in (
     "", "--perturb_at output", "--perturb_target both", "--user_semantics mean", "--cf_min_count 2",
     "--cf_topk 20", "--knn_k 5", "--anchor_detach False --anchor_grad_scale 0.1")}
+# the settings SIGREC.yaml holds at MGCN's values (no [choice], never searched): is one of them the limit?
+HELD: dict[str, list[str]] = {
+    "SIGREC": [],
+    "L2 weight 1e-5 (`--reg_weight 1e-5`)": ["--reg_weight", "1e-5"],
+    "L2 weight 1e-3 (`--reg_weight 1e-3`)": ["--reg_weight", "1e-3"],
+    "one LightGCN layer (`--n_ui_layers 1`)": ["--n_ui_layers", "1"],
+    "three LightGCN layers (`--n_ui_layers 3`)": ["--n_ui_layers", "3"],
+    "two semantic-graph steps (`--n_mm_layers 2`)": ["--n_mm_layers", "2"],
+    "learning-rate decay 0.96 per 50 epochs, MGCN's (`--learning_rate_scheduler [0.96,50]`)":
+        ["--learning_rate_scheduler", "[0.96,50]"],
+}
 SETS = {"choices": CHOICES, "study": STUDY, "sports-study": SPORTS_STUDY, "stabilisers": STABILISERS,
-        "confirm": CONFIRM}
+        "confirm": CONFIRM, "held": HELD}
 SPEED_VARIANT = {"256 contrastive nodes (`--cl_max_nodes 256`, speed switch)": ["--cl_max_nodes", "256"]}
 
 
@@ -130,9 +142,20 @@ def run_variant(dataset: str, point: list[str], variant: str, extra: list[str], 
     if seeds:
         by_seed = {r.get("parameters", {}).get("seed"): r for r in ok}
         ok = [by_seed[s] for s in seeds if s in by_seed]
-    else:
-        ok = ok[-1:]
+    else:  # the run main.py just made: the selection seed's, not another --seeds table's
+        seed = _selection_seed(dataset, wanted)
+        ok = [r for r in ok if r.get("parameters", {}).get("seed", seed) == seed][-1:]
+        if not ok:
+            raise SystemExit(f"error: variant '{variant}' left no finished run at seed {seed} in {folder}")
     return {**ok[-1], "variant": variant, "overrides": extra, "runs": ok}
+
+
+def _selection_seed(dataset: str, wanted: dict[str, object]) -> int:
+    """The seed main.py trains at without --seeds: the first of ``--seed`` or of the config's list."""
+    from utils.configurator import Config
+
+    seeds = wanted["seed"] if "seed" in wanted else Config("SIGREC", dataset, check=False)["seed"]
+    return int(seeds[0] if isinstance(seeds, list) else seeds)
 
 
 def _grid_values(args: list[str]) -> dict[str, object]:

@@ -100,3 +100,18 @@ def test_the_sports_study_set_is_a_subset_of_study_with_the_lead(ablations) -> N
     sports, study = ablations.SETS["sports-study"], ablations.SETS["study"]
     assert sports.items() <= study.items() and "SIGREC" in sports and len(sports) == 8
     assert ["--anchor_detach", "False", "--anchor_grad_scale", "0.1"] in sports.values()
+
+
+def test_without_seeds_the_row_is_the_selection_seeds_run(ablations, tmp_path, monkeypatch) -> None:
+    """A folder that also holds a --seeds table's runs (written after it) still reports seed 999."""
+    folder = tmp_path / ablations.folder_name("SIGREC")
+    folder.mkdir(parents=True)
+    runs = [_record(999, 0.36)] + [_record(s, 0.30) for s in (101, 102, 103)]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=0, stderr=""))
+    row = ablations.run_variant("ml100k", [], "SIGREC", [], tmp_path, "cpu")
+    assert row["parameters"]["seed"] == 999 and row["valid"]["recall@20"] == 0.36
+    assert ablations.run_variant("ml100k", ["--seed", "102"], "SIGREC", [], tmp_path, "cpu")["parameters"]["seed"] == 102
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs[1:]))
+    with pytest.raises(SystemExit, match="no finished run at seed 999"):  # never another seed's run
+        ablations.run_variant("ml100k", [], "SIGREC", [], tmp_path, "cpu")
