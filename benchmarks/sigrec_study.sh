@@ -22,6 +22,9 @@
 #                  and the collapse check at anchor_weight 0.1 (one seed each), then the lead
 #                  (x0.1) against the point over 3 seeds of its own (101-103: not the final's)
 # Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
+#   held           the settings SIGREC.yaml holds at MGCN's values (L2 weight 1e-5 / 1e-3, one or
+#                  three LightGCN layers, two semantic-graph steps, MGCN's learning-rate decay) at the
+#                  best point, one run each (6 runs, ~25 min on two workers)
 #   sports-baselines  FREEDOM, VBPR, LightGCN and BPR (strongest first): their default grids, unpruned (the final
 #                     comparison selects over the same grids and reuses every record; a pruned
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does
@@ -42,7 +45,7 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|stabilisers|sports-baselines|sports-center|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|stabilisers|held|sports-baselines|sports-center|sports-search|sports-choices|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
@@ -126,6 +129,9 @@ case "$PHASE" in
     POINT=$(best_point "$ML")
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set stabilisers "${KEEP[@]}"
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set confirm --seeds 101,102,103 "${KEEP[@]}" ;;
+  held)
+    POINT=$(best_point "$ML")
+    python benchmarks/ablations.py -d ml100k --point "$POINT" --workers "$WORKERS" --output "$ML/variants" --set held "${KEEP[@]}" ;;
   sports-baselines)
     for m in FREEDOM VBPR LightGCN BPR; do  # the strongest first: FREEDOM is SIGREC's rival there
       python src/main.py -m "$m" "${SPORTS[@]}" --device cpu --output "$SP" "${KEEP[@]}" --threads "$THREADS"
@@ -203,5 +209,5 @@ sizes = {k: len(cfg[k]) for k in cfg.grid_keys}
 print(f"search space: {sizes} = {math.prod(sizes.values())} points")
 EOF
     ;;
-  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, refine-table, choices, stabilisers, sports-baselines, sports-center, sports-search, sports-choices, final)" >&2; exit 2 ;;
+  *) echo "error: unknown phase '$PHASE' (status, check, bracket, bracket-table, refine, refine-table, choices, stabilisers, held, sports-baselines, sports-center, sports-search, sports-choices, final)" >&2; exit 2 ;;
 esac
