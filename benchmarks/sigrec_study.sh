@@ -21,10 +21,10 @@
 #   stabilisers    anchor_detach False at the best point: the anchors' gradient x{0.03, 0.1, 0.3}
 #                  and the collapse check at anchor_weight 0.1 (one seed each), then the lead
 #                  (x0.1) against the point over 3 seeds of its own (101-103: not the final's)
-# Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
 #   held           the settings SIGREC.yaml holds at MGCN's values (L2 weight 1e-5 / 1e-3, one or
 #                  three LightGCN layers, two semantic-graph steps, MGCN's learning-rate decay) at the
-#                  best point, one run each (6 runs, ~25 min on two workers)
+#                  best point, one run each (6 runs, ~4 min each on a quiet core)
+# Amazon Sports (text proxy only; ../shared/datasets/amazon/sports), records under results/sports/:
 #   sports-baselines  FREEDOM, VBPR, LightGCN and BPR (strongest first): their default grids, unpruned (the final
 #                     comparison selects over the same grids and reuses every record; a pruned
 #                     point leaves none). FREEDOM and VBPR use the one text modality, as MMRec's code does

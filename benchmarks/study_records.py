@@ -72,10 +72,12 @@ def bracket(out: Path, base: dict[str, float]) -> str:
     for key, value, r in rows:
         if key != "BASE":
             series.setdefault(key, []).append((float(value), r["valid"]["recall@20"], r["test"]["recall@20"]))
-    for key, r in [(k, r) for k in series for name, _, r in rows if name == "BASE"]:
-        series[key].append((base[key], r["valid"]["recall@20"], r["test"]["recall@20"]))
+    base_runs = [r for key, _, r in rows if key == "BASE"]  # BASE is a point of every panel
+    for moved in series:
+        series[moved] += [(base[moved], r["valid"]["recall@20"], r["test"]["recall@20"]) for r in base_runs]
+    seeds = ", ".join(sorted({str(r["parameters"].get("seed")) for _, _, r in rows}))
     plot_sensitivity("SIGREC", series, out / "bracket.png",
-                     others="one key at a time, the others at BASE; seed 999; validation selects, test is shown")
+                     others=f"one key at a time, the others at BASE; seed {seeds}; validation selects, test is shown")
     write_text_atomic(out / "bracket.md", "BASE: " + ", ".join(f"{k} {v}" for k, v in base.items()) + "\n\n" + text + "\n")
     return text
 
@@ -117,9 +119,9 @@ def early(out: Path, epochs: tuple[int, ...] = (10, 20, 30, 40, 60, 80, 100)) ->
 
 
 def curves(out: Path, models: list[str]) -> Path:
-    """Loss and validation R@20 per epoch of each model's validation-best ok run in ``out``
-    (SIGREC's runs are labelled with their five values); curves.png in ``out``."""
-    histories = {}
+    """Loss and validation R@20 per epoch of each model's validation-best ok run in ``out``, each
+    labelled with its values (SIGREC's with its five), their seeds in the title; curves.png in ``out``."""
+    histories, seeds = {}, set()
     for model in models:
         ok = [r for r in ok_records(out, model) if r.get("history")]
         if not ok:
@@ -127,9 +129,9 @@ def curves(out: Path, models: list[str]) -> Path:
         best = max(ok, key=validation_order)
         label = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["values"].items())
         histories[f"{model} ({label})" if label else model] = best["history"]
-    dataset = ok[0].get("dataset", out.name)
+        seeds.add(str(best["parameters"].get("seed")))
     return plot_curves(histories, out / "curves.png",
-                       title=f"{dataset}: each model's validation-best run (seed {best.get('seed')})")
+                       title=f"{out}: each model's validation-best run (seed {', '.join(sorted(seeds))})")
 
 
 def around(out: Path, lists: dict[str, list[float]]) -> list[str]:
