@@ -164,6 +164,28 @@ def test_early_stopping_on_rounded_metrics_as_mmrec(ml100k_data, tmp_path, monke
     assert rec["valid"]["recall@20"] == 0.3
 
 
+@pytest.mark.parametrize("script, warned", [([0.3, 0.2, 0.2, 0.2], True), ([0.2, 0.3, 0.2, 0.2, 0.2], False)])
+def test_warns_when_early_stopping_keeps_the_first_evaluation(ml100k_data, tmp_path, monkeypatch, caplog,
+                                                              script, warned):
+    """A run whose best validation is its first evaluation (a model still on its starting plateau,
+    as SMORE on ml100k) says so and names stopping_step; a run that improved once says nothing."""
+    from common.trainer import Trainer
+    from utils.evaluator import EvalResult
+
+    valid_calls = iter(script)
+
+    def scripted(self, loader):
+        value = next(valid_calls) if loader is ml100k_data.valid else 0.5
+        return EvalResult(np.array([0]), {"recall@20": np.array([value])}, 4)
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted)
+    with caplog.at_level("WARNING"):
+        rec = train_point(make_config("BPR", epochs=len(script), stopping_step=2), ml100k_data, tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert rec["best_epoch"] == (0 if warned else 1)
+    assert any("first evaluated" in w and "stopping_step (now 2)" in w for w in warnings) == warned
+
+
 def test_interrupted_point_resumes_to_the_same_metrics(ml100k_data, tmp_path):
     """Stopped mid-training (after a checkpoint) and run again, a point ends with exactly the
     metrics, history and best epoch of an uninterrupted run; its seconds count both runs."""

@@ -284,6 +284,11 @@ class Trainer:
             fit.history.append(record)
             if stop:
                 self.logger.info(f"+++++Finished training, best eval result in epoch {fit.best_epoch}")
+                if fit.best_epoch == self.eval_step - 1:  # stopped with nothing better than the start
+                    self.logger.warning(
+                        f"{name}: the best validation epoch was the first evaluated ({fit.best_epoch}): the model "
+                        f"may not have learned before early stopping ended it; if its loss stays flat at the start, "
+                        f"raise stopping_step (now {self.stopping_step})")
                 break
             if interval and resume_path is not None and (epoch + 1) % interval == 0:
                 seconds = fit.resumed_seconds + time.perf_counter() - began
