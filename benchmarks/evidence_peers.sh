@@ -29,11 +29,12 @@ case "$PHASE" in
     run -m EASE -d ml100k --output "$OUT/ease_text" --reg_weight "[400, 800, 1500]" --text_weight "[0, 0.3, 0.5, 0.7]"
     run -m BM3 -d ml100k --output "$OUT" --workers 2 --threads 1
     run -m DRAGON -d ml100k --output "$OUT" --workers 2 --threads 1
-    # SMORE escapes its starting plateau late (valid R@20 .08 at epoch 24, .30 at 49; SMORE.yaml):
-    # median pruning from epoch 80 on, not 20, or a late escaper is pruned on its plateau
+    # SMORE and MSCA escape their starting plateau late (SMORE: valid R@20 .08 at epoch 24, .30 at 49;
+    # their yamls): median pruning from epoch 80 on, not 20, or a late escaper is pruned on its plateau
     run -m SMORE -d ml100k --output "$OUT/smore_tpe" --search tpe --trials 40 --prune median --prune_warmup 80 \
       --workers "${WORKERS:-2}" --threads 1
-    run -m MSCA -d ml100k --output "$OUT/msca_tpe" --search tpe --trials 40 --prune median --workers "${WORKERS:-2}" --threads 1
+    run -m MSCA -d ml100k --output "$OUT/msca_tpe" --search tpe --trials 40 --prune median --prune_warmup 80 \
+      --workers "${WORKERS:-2}" --threads 1
     run -m EASE,BM3,DRAGON -d ml100k --output "$OUT" --seeds 999,1,2,3,4,5 ;;
   sports)
     OUT=results/sports
