@@ -86,6 +86,7 @@ def test_ease_model_solves_b_on_ml100k_and_scores_x_b(ml100k_data) -> None:
     assert np.allclose(model.gram().numpy(), (x.T @ x).toarray())     # blockwise Gram = XᵀX
     model.fit()
     assert model.B.shape == (n, n) and model.B.dtype == torch.float32
+    assert model.B.is_contiguous()     # row-major: sparse @ B must not copy B at every scoring call
     assert torch.all(model.B.diagonal() == 0)
     expect = ease_module.ease_closed_form(torch.from_numpy((x.T @ x).toarray()), 400.0).numpy()
     assert np.abs(model.B.numpy() - expect).max() < 1e-4 * np.abs(expect).max()     # fp32 vs fp64
