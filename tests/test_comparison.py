@@ -302,6 +302,15 @@ def test_plots_are_written(tmp_path):
     assert not [f.name for f in tmp_path.rglob("*") if ".tmp" in f.name]  # written atomically
 
 
+@pytest.mark.parametrize("n", [3, 12, 25])
+def test_every_model_gets_its_own_colour(n):
+    # matplotlib's default cycle repeats after 10: a 12-model comparison showed SMORE in SIGREC's blue
+    from utils.plots import model_colors
+
+    colors = model_colors([f"M{i}" for i in range(n)])
+    assert len(colors) == n and len(set(colors.values())) == n
+
+
 # --- orchestration --------------------------------------------------------------------------
 def test_overrides_are_split_per_model():
     from utils.comparison import split_overrides

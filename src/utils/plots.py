@@ -25,6 +25,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def model_colors(models: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """One distinct colour per model: matplotlib's default cycle repeats after 10, so a larger
+    comparison takes tab20, and one past 20 samples a continuous map."""
+    n = len(models)
+    if n <= 10:
+        cmap, steps = matplotlib.colormaps["tab10"], range(n)
+    elif n <= 20:
+        cmap, steps = matplotlib.colormaps["tab20"], range(n)
+    else:
+        cmap, steps = matplotlib.colormaps["turbo"], [i / (n - 1) for i in range(n)]
+    return {m: tuple(cmap(s)) for m, s in zip(models, steps)}
+
+
 def _spans_decades(values: Sequence[float]) -> bool:
     """Whether positive values cover at least two orders of magnitude (then use a log axis)."""
     return all(v > 0 for v in values) and max(values) / min(values) >= 100
@@ -45,12 +58,14 @@ def plot_curves(histories: dict[str, list[dict]], path: Path, metric: str = "Rec
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_valid = fig.subplots(1, 2)
     losses: list[float] = []
+    colors = model_colors(list(histories))
     for model, history in histories.items():
         epochs, loss, scored = curve_points(history)
         losses += [v for v in loss if v is not None and math.isfinite(v)]
-        ax_loss.plot(epochs, loss, marker="." if len(epochs) < 30 else None, label=model)
+        ax_loss.plot(epochs, loss, marker="." if len(epochs) < 30 else None, label=model, color=colors[model])
         if scored:
-            ax_valid.plot(*zip(*scored), marker="." if len(scored) < 30 else None, label=model)
+            ax_valid.plot(*zip(*scored), marker="." if len(scored) < 30 else None, label=model,
+                          color=colors[model])
     if losses and _spans_decades(losses):
         ax_loss.set_yscale("log")
     ax_loss.set(xlabel="epoch (from 0, as in the log)", ylabel="training loss (sum over batches)", title="Training loss")
@@ -129,10 +144,11 @@ def plot_bars(table: ComparisonTable, path: Path, seeds: str | None = None) -> P
     fig = Figure(figsize=(max(5.0, 1.6 + 1.1 * len(table.models) * len(metrics)), 4.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(table.models)
+    colors = model_colors(table.models)
     for i, model in enumerate(table.models):
         xs = [j + (i - (len(table.models) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, [table.means[model][m] for m in metrics], width,
-               yerr=[table.stds[model][m] for m in metrics], capsize=4, label=model)
+               yerr=[table.stds[model][m] for m in metrics], capsize=4, label=model, color=colors[model])
     ax.set_xticks(range(len(metrics)), [TABLE_METRICS.get(m, m) for m in metrics])
     title = f"{table.dataset}: test metrics of the compared models".strip(": ")
     if seeds:
