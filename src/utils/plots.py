@@ -29,13 +29,11 @@ def model_colors(models: Sequence[str]) -> dict[str, tuple[float, ...]]:
     """One distinct colour per model: matplotlib's default cycle repeats after 10, so a larger
     comparison takes tab20, and one past 20 samples a continuous map."""
     n = len(models)
-    if n <= 10:
-        cmap, steps = matplotlib.colormaps["tab10"], range(n)
-    elif n <= 20:
-        cmap, steps = matplotlib.colormaps["tab20"], range(n)
-    else:
-        cmap, steps = matplotlib.colormaps["turbo"], [i / (n - 1) for i in range(n)]
-    return {m: tuple(cmap(s)) for m, s in zip(models, steps)}
+    if n > 20:
+        turbo = matplotlib.colormaps["turbo"]
+        return {m: tuple(turbo(i / (n - 1))) for i, m in enumerate(models)}
+    qualitative = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return {m: tuple(qualitative(i)) for i, m in enumerate(models)}
 
 
 def _spans_decades(values: Sequence[float]) -> bool:
