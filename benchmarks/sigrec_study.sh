@@ -37,6 +37,8 @@
 #                     the refine lists (around)
 #   sports-choices    the choices and the study's Sports set at the Sports best point, one run each
 #                     (17 runs, ~50 min each on one thread; the direct anchor loss is refused: one modality)
+#   sports-config     write SIGREC's one-point Sports yaml (sports-search's best point) for final,
+#                     or for fresh seeds one per process (--config_dir results/sports/final/config --seed N)
 #   status         what each phase has finished (reads the records)
 #   check          write the ml100k search space and print its size (trains nothing)
 # After the defaults in SIGREC.yaml are set from both studies' validation figures:
@@ -45,7 +47,7 @@
 #                  3 fresh seeds; Sports: one seed per variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|stabilisers|held|sports-baselines|sports-center|sports-search|sports-choices|final}"
+PHASE="${1:?usage: bash benchmarks/sigrec_study.sh status|check|bracket|bracket-table|refine|refine-table|choices|stabilisers|held|sports-baselines|sports-center|sports-search|sports-choices|sports-config|final}"
 ML="results/ml100k/study"
 SP="results/sports"
 SPORTS=(-d sports --data_path ../shared/datasets/amazon/)
@@ -179,11 +181,14 @@ EOF
     python benchmarks/ablations.py -d ml100k --point "$POINT" --workers 2 --output results/ml100k/ablation --seeds 1,2,3 "${KEEP[@]}"
     # Sports: SIGREC at the point sports-search selected on validation (its grid there costs a day),
     # written as a one-point SIGREC.yaml; the baselines over their own grids (sports-baselines)
-    POINT=$(best_point "$SP")
-    space "$SP/final" $(echo "$POINT" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
+    bash "$0" sports-config; POINT=$(best_point "$SP")
     python src/main.py -m SIGREC,FREEDOM,VBPR,LightGCN,BPR "${SPORTS[@]}" --device cpu --output "$SP" \
       --config_dir "$SP/final/config" "${KEEP[@]}" --seeds 999,1,2,3 --threads "$THREADS"
     OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
+  sports-config)  # SIGREC's one-point Sports yaml at sports-search's validation-best point (for final,
+    # or for one fresh seed at a time: main.py -m SIGREC -d sports --config_dir $SP/final/config --seed N)
+    POINT=$(best_point "$SP")
+    space "$SP/final" $(echo "$POINT" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/') ;;
   status)  # what each phase has finished so far (reads the records; trains nothing)
     python - "$ML" "$SP" <<'EOF'
 import json, sys
