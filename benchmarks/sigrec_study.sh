@@ -80,6 +80,11 @@ out.mkdir(parents=True, exist_ok=True)
 EOF
 }
 
+one_point() {  # OUT POINT: the model's yaml narrowed to POINT (key=value,...), one value a list
+  local out="$1" point="$2"
+  space "$out" $(echo "$point" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
+}
+
 best_point() {  # the validation-best ok record of MODEL (default SIGREC) in OUT/results.jsonl (NDCG@20
   # breaks ties) as key=value,...: its grid values and SIGREC's five study keys (seed left out)
   python benchmarks/study_records.py best "$1" "${MODEL:-SIGREC}"
@@ -167,7 +172,7 @@ case "$PHASE" in
     # (benchmarks/evidence_peers.sh ml100k), as one-point yamls beside the built-in ones
     for m in SMORE MSCA; do
       P=$(MODEL=$m best_point "results/ml100k/$(echo "$m" | tr 'A-Z' 'a-z')_tpe")
-      MODEL=$m space "$ML/final" $(echo "$P" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/')
+      MODEL=$m one_point "$ML/final" "$P"
     done
     MODELS="SIGREC,FREEDOM,MGCN,LGMRec,LightGCN,VBPR,BPR,EASE,BM3,DRAGON,SMORE,MSCA"
     python src/main.py -m "$MODELS" -d ml100k --device cpu --output results/ml100k --config_dir "$ML/final/config" \
@@ -187,8 +192,7 @@ EOF
     OMP_NUM_THREADS="$THREADS" python benchmarks/ablations.py "${SPORTS[@]}" --point "$POINT" --workers 1 --output "$SP/ablation" "${KEEP[@]}" ;;
   sports-config)  # SIGREC's one-point Sports yaml at sports-search's validation-best point (for final,
     # or for one fresh seed at a time: main.py -m SIGREC -d sports --config_dir $SP/final/config --seed N)
-    POINT=$(best_point "$SP")
-    space "$SP/final" $(echo "$POINT" | tr ',' '\n' | sed 's/=\(.*\)/=[\1]/') ;;
+    one_point "$SP/final" "$(best_point "$SP")" ;;
   status)  # what each phase has finished so far (reads the records; trains nothing)
     python - "$ML" "$SP" <<'EOF'
 import json, sys
